@@ -1,0 +1,1 @@
+"""Benchmark harness for relay: side-by-side runs against Postfix and aiosmtpd."""

@@ -1,0 +1,1 @@
+"""Servers under test. Each peer is a context manager exposing ``.host``/``.port``."""

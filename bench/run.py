@@ -1,0 +1,351 @@
+"""The one benchmark run: relay vs Postfix vs aiosmtpd (fsync) side by side, plus the
+smtp-source -> smtp-sink loopback ceiling, with ratios computed within this run.
+
+    .venv/bin/python -m bench.run            # full matrix (make bench)
+    .venv/bin/python -m bench.run --quick    # 10 KB, 50 sessions, reuse on
+    .venv/bin/python -m bench.run --servers postfix,aiosmtpd_fsync --json-only
+
+Servers run one at a time (the machine is small and shared); for every cell each
+server gets the same load twice: ``smtp-source`` (Postfix's C load generator,
+for throughput) and our ``bench.loadgen`` (per-message latency, and throughput
+with PIPELINING when advertised). Results go to bench/results/<timestamp>.json
+and .md. See bench/README.md for how to read them.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench.loadgen import LoadConfig, run_load
+from bench.peers.aiosmtpd_fsync import AiosmtpdPeer
+from bench.peers.postfix import PostfixPeer, SmtpSink, ensure_postfix, run_smtp_source
+from bench.peers.relay import RelayPeer
+from bench.util import REPO, RESULTS, BenchError, port_open
+
+SERVERS = {"relay": RelayPeer, "postfix": PostfixPeer, "aiosmtpd_fsync": AiosmtpdPeer}
+CEILING = "ceiling"          # smtp-source/loadgen -> smtp-sink (no disk, no fsync)
+KB = 1024
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def cell_key(size: int, sessions: int, reuse: bool) -> str:
+    return f"{size // KB}KB/s{sessions}/{'reuse' if reuse else 'noreuse'}"
+
+
+def budget(size: int, max_messages: int) -> int:
+    """Messages per measurement: fewer for big messages (time bound applies as well)."""
+    if size >= 100 * KB:
+        return max(100, max_messages // 4)
+    return max_messages
+
+
+def _run_cell(target, size: int, sessions: int, reuse: bool, messages: int,
+              max_seconds: float, settle) -> dict:
+    out: dict = {}
+    try:
+        src = run_smtp_source(target.host, target.port, sessions=sessions, messages=messages,
+                              size=size, reuse=reuse, time_limit=max_seconds)
+        out["smtp_source"] = src.to_dict()
+    except BenchError as exc:
+        out["smtp_source"] = {"error": str(exc)}
+    out["settle_after_smtp_source"] = settle()
+    res = run_load(LoadConfig(host=target.host, port=target.port, sessions=sessions,
+                              messages=messages, size=size, reuse=reuse, time_limit=max_seconds))
+    out["loadgen"] = res.to_dict()
+    out["settle_after_loadgen"] = settle()
+    return out
+
+
+def _brief(r: dict) -> str:
+    s = r.get("smtp_source", {})
+    g = r.get("loadgen", {})
+    src = f"{s['msgs_per_s']:.0f} msg/s" if "msgs_per_s" in s else "error"
+    if s.get("error"):
+        src += f" ({s['error'][:80]})"
+    lg = (f"{g['msgs_per_s']:.0f} msg/s p50 {_ms(g.get('p50_ms'))} p99 {_ms(g.get('p99_ms'))} ms"
+          if g else "-")
+    if g.get("failures"):
+        lg += f" failures {g['failures']}"
+    return f"smtp-source {src}; loadgen {lg}"
+
+
+def _ms(v) -> str:
+    return "-" if v is None else f"{v:.1f}"
+
+
+def measure_server(name: str, cells: list[tuple[int, int, bool]], opts, results: dict,
+                   status: dict) -> None:
+    """Start one server, run every cell against it, stop it (always)."""
+    if name == CEILING:
+        peer = SmtpSink()
+        settle = lambda: 0  # noqa: E731
+    else:
+        peer = SERVERS[name](keep=opts.keep_tmp)
+        settle = lambda: peer.settle()  # noqa: E731
+    t0 = time.monotonic()
+    try:
+        with peer:
+            status[name] = {"status": "ok", "port": peer.port}
+            log(f"[{name}] listening on {peer.host}:{peer.port}; warming up")
+            run_load(LoadConfig(host=peer.host, port=peer.port, sessions=10, messages=100,
+                                size=10 * KB, time_limit=10))
+            settle()
+            for size, sessions, reuse in cells:
+                key = cell_key(size, sessions, reuse)
+                if not port_open(peer.host, peer.port, 2.0):
+                    raise BenchError(f"{name} stopped answering on {peer.host}:{peer.port} before {key}")
+                r = _run_cell(peer, size, sessions, reuse, budget(size, opts.max_messages),
+                              opts.max_seconds, settle)
+                results.setdefault(key, {})[name] = r
+                log(f"[{name}] {key}: {_brief(r)}")
+    except BenchError as exc:
+        status[name] = {"status": "failed", "error": str(exc)}
+        log(f"[{name}] NOT MEASURED: {exc}")
+    status[name]["seconds"] = round(time.monotonic() - t0, 1)
+
+
+# ------------------------------------------------------------------ ratios & report
+
+def _get(results: dict, key: str, server: str, tool: str, field: str):
+    v = results.get(key, {}).get(server, {}).get(tool, {})
+    if tool == "smtp_source" and (v.get("error") or not v.get("messages_ok")):
+        return None
+    if tool == "loadgen" and not v.get("ok"):
+        return None
+    return v.get(field)
+
+
+def _ratio(a, b):
+    return a / b if a is not None and b not in (None, 0) else None
+
+
+def compute_ratios(results: dict) -> dict:
+    ratios = {}
+    for key, per in results.items():
+        r = {}
+        for other in ("postfix", "aiosmtpd_fsync"):
+            r[f"relay/{other}"] = {
+                "msgs_per_s_smtp_source": _ratio(_get(results, key, "relay", "smtp_source", "msgs_per_s"),
+                                                 _get(results, key, other, "smtp_source", "msgs_per_s")),
+                "msgs_per_s_loadgen": _ratio(_get(results, key, "relay", "loadgen", "msgs_per_s"),
+                                             _get(results, key, other, "loadgen", "msgs_per_s")),
+                "p50_loadgen": _ratio(_get(results, key, "relay", "loadgen", "p50_ms"),
+                                      _get(results, key, other, "loadgen", "p50_ms")),
+                "p99_loadgen": _ratio(_get(results, key, "relay", "loadgen", "p99_ms"),
+                                      _get(results, key, other, "loadgen", "p99_ms")),
+            }
+        ratios[key] = r
+    return ratios
+
+
+def geomean(values) -> float | None:
+    vals = [v for v in values if v]
+    return math.exp(sum(math.log(v) for v in vals) / len(vals)) if vals else None
+
+
+def _f(v, fmt="{:.0f}") -> str:
+    return "n/a" if v is None else fmt.format(v)
+
+
+def render_markdown(doc: dict) -> str:
+    results, ratios, status = doc["results"], doc["ratios"], doc["servers"]
+    order = [s for s in doc["options"]["servers"]] + ([CEILING] if doc["options"]["ceiling"] else [])
+    L = []
+    L.append(f"# relay benchmark {doc['started']}")
+    h = doc["host"]
+    L.append("")
+    L.append(f"Host: {h['cpus']} CPUs, {h['kernel']}, Python {h['python']}, Postfix {h['postfix']}, "
+             f"aiosmtpd {h['aiosmtpd']}, relay rev {h['git_rev']}. "
+             f"Per measurement: at most {doc['options']['max_messages']} messages "
+             f"({budget(100 * KB, doc['options']['max_messages'])} at 100 KB) or "
+             f"{doc['options']['max_seconds']:.0f} s. Wall time {doc['seconds']:.0f} s.")
+    L.append("")
+    L.append("Every 250 counted is durable: Postfix, the relay and the aiosmtpd handler fsync "
+             "before replying 250. The ceiling is smtp-sink (no disk).")
+    L.append("")
+    for name in order:
+        st = status.get(name, {})
+        if st.get("status") != "ok":
+            L.append(f"**{name}: not measured** — {st.get('error', 'not run').splitlines()[0]}")
+            L.append("")
+    L.append("## Per server")
+    L.append("")
+    L.append("Throughput from smtp-source (no pipelining) and from loadgen (pipelined when "
+             "advertised); latency = loadgen, MAIL sent to 250 after the data. "
+             "'% ceil' = smtp-source msg/s as a share of smtp-source -> smtp-sink.")
+    L.append("")
+    L.append("| size | sessions | reuse | server | msg/s [smtp-source] | % ceil | msg/s [loadgen] | "
+             "p50 ms [loadgen] | p99 ms [loadgen] | not 250 [loadgen] |")
+    L.append("|---:|---:|:--:|---|---:|---:|---:|---:|---:|---|")
+    for key, per in results.items():
+        size, sess, reuse = key.split("/")
+        ceil = _get(results, key, CEILING, "smtp_source", "msgs_per_s")
+        for name in order:
+            if name not in per:
+                continue
+            src = per[name].get("smtp_source", {})
+            g = per[name].get("loadgen", {})
+            sv = _get(results, key, name, "smtp_source", "msgs_per_s")
+            src_txt = _f(sv) if not src.get("error") else ("err" if sv is None else _f(sv) + " (err)")
+            pct = _f(_ratio(sv, ceil), "{:.0%}") if name != CEILING else "—"
+            fails = g.get("failures") or {}
+            fail_txt = ", ".join(f"{k}×{v}" for k, v in fails.items()) or "0"
+            mode = "" if g.get("pipelining_used") else " (no PIPELINING)"
+            L.append(f"| {size} | {sess[1:]} | {'yes' if reuse == 'reuse' else 'no'} | {name} | {src_txt} | "
+                     f"{pct} | {_f(g.get('msgs_per_s'))}{mode} | {_f(g.get('p50_ms'), '{:.1f}')} | "
+                     f"{_f(g.get('p99_ms'), '{:.1f}')} | {fail_txt} |")
+    L.append("")
+    L.append("## Ratios (relay ÷ peer, same cell, same run)")
+    L.append("")
+    L.append("Throughput ratio > 1: the relay accepts more messages per second. Latency ratio < 1: "
+             "the relay answers faster.")
+    L.append("")
+    L.append("| size | sessions | reuse | relay/postfix msg/s [smtp-source] | msg/s [loadgen] | p50 [loadgen] | "
+             "p99 [loadgen] | relay/aiosmtpd msg/s [smtp-source] | msg/s [loadgen] | p50 [loadgen] | p99 [loadgen] |")
+    L.append("|---:|---:|:--:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    fmt = "{:.2f}"
+    for key, r in ratios.items():
+        size, sess, reuse = key.split("/")
+        a, b = r["relay/postfix"], r["relay/aiosmtpd_fsync"]
+        L.append(f"| {size} | {sess[1:]} | {'yes' if reuse == 'reuse' else 'no'} | "
+                 + " | ".join(_f(x[k], fmt) for x in (a, b) for k in
+                              ("msgs_per_s_smtp_source", "msgs_per_s_loadgen", "p50_loadgen", "p99_loadgen"))
+                 + " |")
+    gm = doc["geomean"]
+    L.append("| **geomean** | | | "
+             + " | ".join(_f(gm[p][k], fmt) for p in ("relay/postfix", "relay/aiosmtpd_fsync") for k in
+                          ("msgs_per_s_smtp_source", "msgs_per_s_loadgen", "p50_loadgen", "p99_loadgen"))
+             + " |")
+    L.append("")
+    return "\n".join(L)
+
+
+# ------------------------------------------------------------------ main
+
+def host_info() -> dict:
+    def cmd(*args):
+        try:
+            return subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                  timeout=10, cwd=REPO).stdout.decode().strip()
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+    try:
+        from importlib.metadata import version
+        aiosmtpd_v = version("aiosmtpd")
+    except Exception:
+        aiosmtpd_v = "?"
+    pf = cmd("/usr/sbin/postconf", "-d", "-h", "mail_version")
+    return {"cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version(),
+            "postfix": pf or "?", "aiosmtpd": aiosmtpd_v,
+            "git_rev": cmd("git", "rev-parse", "--short", "HEAD") or "uncommitted"}
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="only 10 KB, 50 sessions, reuse on")
+    ap.add_argument("--servers", default=",".join(SERVERS),
+                    help="comma-separated subset of %(default)s")
+    ap.add_argument("--no-ceiling", action="store_true", help="skip smtp-source -> smtp-sink")
+    ap.add_argument("--json-only", action="store_true",
+                    help="print only the JSON document on stdout and write only the .json file")
+    ap.add_argument("--sessions", default="1,10,50")
+    ap.add_argument("--sizes", default="1,10,100", help="message sizes in KB")
+    ap.add_argument("--reuse", choices=("both", "on", "off"), default="both")
+    ap.add_argument("--max-messages", type=int, default=2000,
+                    help="per measurement (a quarter of it at >= 100 KB)")
+    ap.add_argument("--max-seconds", type=float, default=15.0, help="per measurement")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="directory for <timestamp>.json/.md")
+    ap.add_argument("--keep-tmp", action="store_true", help="keep the peers' temp dirs (debugging)")
+    a = ap.parse_args(argv)
+    a.servers = [s.strip() for s in a.servers.split(",") if s.strip()]
+    bad = [s for s in a.servers if s not in SERVERS]
+    if bad:
+        ap.error(f"unknown server(s) {bad}; choose from {list(SERVERS)}")
+    if a.quick:
+        a.sessions, a.sizes, a.reuse = "50", "10", "on"
+    a.sessions_list = [int(x) for x in a.sessions.split(",")]
+    a.sizes_list = [int(x) * KB for x in a.sizes.split(",")]
+    a.reuse_list = {"both": [True, False], "on": [True], "off": [False]}[a.reuse]
+    if a.max_messages < 1 or a.max_seconds <= 0 or min(a.sessions_list) < 1:
+        ap.error("--max-messages, --max-seconds and --sessions must be positive")
+    return a
+
+
+def _sigterm(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main(argv=None) -> int:
+    opts = parse_args(argv)
+    # SIGTERM tears down like Ctrl-C (peers are context managers).
+    signal.signal(signal.SIGTERM, _sigterm)
+    try:
+        ensure_postfix(log)   # smtp-source/smtp-sink are needed whatever the server set
+    except BenchError as exc:
+        log(f"bench: {exc}")
+        return 2
+    cells = [(size, s, reuse) for size in opts.sizes_list for s in opts.sessions_list
+             for reuse in opts.reuse_list]
+    started = _dt.datetime.now()
+    stamp = started.strftime("%Y%m%d-%H%M%S")
+    t0 = time.monotonic()
+    results: dict = {cell_key(*c): {} for c in cells}
+    status: dict = {}
+    order = list(opts.servers) + ([] if opts.no_ceiling else [CEILING])
+    log(f"bench: {len(cells)} cell(s) x {order}; up to {opts.max_messages} messages or "
+        f"{opts.max_seconds:.0f}s per measurement")
+    try:
+        for name in order:
+            measure_server(name, cells, opts, results, status)
+    except KeyboardInterrupt:
+        log("bench: interrupted; servers stopped; writing partial results")
+        status["interrupted"] = {"status": "interrupted"}
+    ratios = compute_ratios(results)
+    gm = {p: {k: geomean(r[p][k] for r in ratios.values()) for k in
+              ("msgs_per_s_smtp_source", "msgs_per_s_loadgen", "p50_loadgen", "p99_loadgen")}
+          for p in ("relay/postfix", "relay/aiosmtpd_fsync")}
+    doc = {
+        "started": started.isoformat(timespec="seconds"),
+        "seconds": round(time.monotonic() - t0, 1),
+        "host": host_info(),
+        "options": {"servers": opts.servers, "ceiling": not opts.no_ceiling, "quick": opts.quick,
+                    "sessions": opts.sessions_list, "sizes": opts.sizes_list, "reuse": opts.reuse_list,
+                    "max_messages": opts.max_messages, "max_seconds": opts.max_seconds},
+        "servers": status,
+        "results": results,
+        "ratios": ratios,
+        "geomean": gm,
+    }
+    opts.out.mkdir(parents=True, exist_ok=True)
+    jpath = opts.out / f"{stamp}.json"
+    jpath.write_text(json.dumps(doc, indent=2) + "\n")
+    if opts.json_only:
+        print(json.dumps(doc, indent=2))
+        log(f"bench: wrote {jpath}")
+    else:
+        md = render_markdown(doc)
+        mpath = opts.out / f"{stamp}.md"
+        mpath.write_text(md)
+        print(md)
+        log(f"bench: wrote {jpath} and {mpath}")
+    failed = [n for n in order if status.get(n, {}).get("status") != "ok"]
+    if failed:
+        log(f"bench: NOT MEASURED: {', '.join(failed)} (see above); exit status 1")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

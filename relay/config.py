@@ -1,0 +1,239 @@
+"""TOML configuration -> frozen dataclasses, one per section.
+
+Every unknown key and every bad value raises ConfigError naming the key
+("limits.idle_timeout: must be a number of seconds > 0"). Defaults cite the RFC or
+the peer (Postfix) they follow. Relative paths are resolved against the directory
+of the configuration file, so `relay ... -c FILE` works from any directory.
+
+Imports: stdlib only.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(Exception):
+    """A configuration problem; str() names the file and key."""
+
+    def __init__(self, key: str, why: str, path: str | os.PathLike[str] | None = None) -> None:
+        self.key, self.why, self.path = key, why, path
+        where = f"{path}: " if path else ""
+        super().__init__(f"{where}{key}: {why}")
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    hostname: str = "localhost"
+    data_dir: Path = Path("var")
+    workers: int = 0  # 0 = one worker process per core
+
+
+@dataclass(frozen=True, slots=True)
+class ListenConfig:
+    smtp: tuple[Endpoint, ...] = ()
+    submission: tuple[Endpoint, ...] = ()
+    submissions: tuple[Endpoint, ...] = ()
+    imap: tuple[Endpoint, ...] = ()
+    imaps: tuple[Endpoint, ...] = ()
+    pop3: tuple[Endpoint, ...] = ()
+    pop3s: tuple[Endpoint, ...] = ()
+    metrics: tuple[Endpoint, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    cert: Path | None = None  # None: a development certificate is made under data_dir/tls
+    key: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RelayConfig:
+    local_domains: tuple[str, ...] = ()
+    relay_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    max_message_size: int = 10_240_000  # Postfix message_size_limit
+    max_recipients: int = 1000  # RFC 5321 §4.5.3.1.8 requires at least 100; Postfix uses 1000
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    max_connections: int = 1000
+    max_connections_per_ip: int = 50
+    idle_timeout: float = 300.0  # RFC 5321 §4.5.3.2.7: server timeout of 5 minutes
+
+
+@dataclass(frozen=True, slots=True)
+class QueueConfig:
+    map_size: int = 64 << 20  # initial LMDB map; it grows as needed
+    max_map_size: int = 1 << 40  # growth stops here: then 452 4.3.1
+    commit_delay: float = 0.0  # extra seconds to wait for more messages before a group commit
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: Path
+    server: ServerConfig = field(default_factory=ServerConfig)
+    listen: ListenConfig = field(default_factory=ListenConfig)
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    relay: RelayConfig = field(default_factory=RelayConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    queue: QueueConfig = field(default_factory=QueueConfig)
+
+    @property
+    def worker_count(self) -> int:
+        return self.server.workers or (os.cpu_count() or 1)
+
+    def is_local_domain(self, domain: str) -> bool:
+        return domain.lower().rstrip(".") in self.relay.local_domains
+
+
+def load(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a TOML file. Raises ConfigError naming the key."""
+    p = Path(path)
+    try:
+        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError("(file)", f"cannot read: {exc.strerror}", p) from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError("(file)", f"not valid TOML: {exc}", p) from None
+    try:
+        return parse(raw, p)
+    except ConfigError as exc:
+        raise ConfigError(exc.key, exc.why, p) from None
+
+
+def parse(raw: dict[str, Any], path: Path) -> Config:
+    base = path.resolve().parent
+    sections = {f.name for f in fields(Config)} - {"path"}
+    for name in raw:
+        if name not in sections:
+            raise ConfigError(name, f"unknown section (known: {', '.join(sorted(sections))})")
+        if not isinstance(raw[name], dict):
+            raise ConfigError(name, "must be a table")
+    r = _Reader(raw)
+    server = ServerConfig(
+        hostname=r.string("server", "hostname", ServerConfig().hostname),
+        data_dir=base / r.string("server", "data_dir", str(ServerConfig.data_dir)),
+        workers=r.integer("server", "workers", ServerConfig().workers, minimum=0, maximum=256),
+    )
+    listen = ListenConfig(**{f.name: r.endpoints("listen", f.name) for f in fields(ListenConfig)})
+    cert, key = r.string("tls", "cert", ""), r.string("tls", "key", "")
+    if bool(cert) != bool(key):
+        raise ConfigError("tls.key" if cert else "tls.cert", "cert and key must be set together")
+    tls = TlsConfig(cert=base / cert if cert else None, key=base / key if key else None)
+    relay = RelayConfig(
+        local_domains=tuple(d.lower().rstrip(".") for d in r.strings("relay", "local_domains")),
+        relay_networks=r.networks("relay", "relay_networks"),
+        max_message_size=r.integer(
+            "relay", "max_message_size", RelayConfig().max_message_size, minimum=1024
+        ),
+        max_recipients=r.integer(
+            "relay", "max_recipients", RelayConfig().max_recipients, minimum=100
+        ),
+    )
+    limits = LimitsConfig(
+        max_connections=r.integer("limits", "max_connections", LimitsConfig().max_connections, 1),
+        max_connections_per_ip=r.integer(
+            "limits", "max_connections_per_ip", LimitsConfig().max_connections_per_ip, 1
+        ),
+        idle_timeout=r.number("limits", "idle_timeout", LimitsConfig().idle_timeout),
+    )
+    queue = QueueConfig(
+        map_size=r.integer("queue", "map_size", QueueConfig().map_size, minimum=1 << 20),
+        max_map_size=r.integer("queue", "max_map_size", QueueConfig().max_map_size, 1 << 20),
+        commit_delay=r.number("queue", "commit_delay", QueueConfig().commit_delay, allow_zero=True),
+    )
+    if queue.max_map_size < queue.map_size:
+        raise ConfigError("queue.max_map_size", "must be >= queue.map_size")
+    r.refuse_unknown()
+    return Config(path=path, server=server, listen=listen, tls=tls, relay=relay,
+                  limits=limits, queue=queue)
+
+
+class _Reader:
+    """Typed access to the raw TOML tables that remembers which keys were read."""
+
+    def __init__(self, raw: dict[str, Any]) -> None:
+        self.raw = raw
+        self.seen: set[tuple[str, str]] = set()
+
+    def _get(self, section: str, key: str) -> Any:
+        self.seen.add((section, key))
+        return self.raw.get(section, {}).get(key)
+
+    def refuse_unknown(self) -> None:
+        for section, table in self.raw.items():
+            for key in table:
+                if (section, key) not in self.seen:
+                    raise ConfigError(f"{section}.{key}", "unknown key")
+
+    def string(self, section: str, key: str, default: str) -> str:
+        v = self._get(section, key)
+        if v is None:
+            return default
+        if not isinstance(v, str):
+            raise ConfigError(f"{section}.{key}", "must be a string")
+        return v
+
+    def strings(self, section: str, key: str) -> tuple[str, ...]:
+        v = self._get(section, key)
+        if v is None:
+            return ()
+        if not isinstance(v, list) or not all(isinstance(x, str) and x for x in v):
+            raise ConfigError(f"{section}.{key}", "must be a list of non-empty strings")
+        return tuple(v)
+
+    def integer(self, section: str, key: str, default: int, minimum: int = 0,
+                maximum: int | None = None) -> int:
+        v = self._get(section, key)
+        if v is None:
+            return default
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ConfigError(f"{section}.{key}", "must be an integer")
+        if v < minimum or (maximum is not None and v > maximum):
+            bound = f">= {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
+            raise ConfigError(f"{section}.{key}", f"must be {bound}")
+        return v
+
+    def number(self, section: str, key: str, default: float, allow_zero: bool = False) -> float:
+        v = self._get(section, key)
+        if v is None:
+            return default
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ConfigError(f"{section}.{key}", "must be a number of seconds")
+        if v < 0 or (v == 0 and not allow_zero):
+            raise ConfigError(f"{section}.{key}", "must be a number of seconds > 0")
+        return float(v)
+
+    def endpoints(self, section: str, key: str) -> tuple[Endpoint, ...]:
+        out = []
+        for item in self.strings(section, key):
+            host, sep, port = item.rpartition(":")
+            host = host.strip("[]")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ConfigError(f"{section}.{key}", f"{item!r} is not host:port")
+            out.append(Endpoint(host, int(port)))
+        return tuple(out)
+
+    def networks(self, section: str, key: str) -> tuple[Any, ...]:
+        out = []
+        for item in self.strings(section, key):
+            try:
+                out.append(ipaddress.ip_network(item, strict=False))
+            except ValueError:
+                raise ConfigError(f"{section}.{key}", f"{item!r} is not a network") from None
+        return tuple(out)

@@ -1,0 +1,105 @@
+"""Intake: an accepted SMTP transaction becomes a queued message (Postfix's cleanup).
+
+The only writer of new messages into the queue. It checks for mail loops, prepends our
+Received header (RFC 5321 §4.4), hands the message to the group committer and turns the
+outcome into the reply for the end of DATA: 250 only once the commit is durable.
+
+Trust: the message body is untrusted octets; only the header scanner reads it.
+Imports: relay._fast, relay.queue (public API), relay.smtp.{events,replies}, relay.metrics.
+"""
+
+from __future__ import annotations
+
+import datetime
+import email.utils
+import logging
+import time
+from dataclasses import dataclass
+
+from relay import _fast, metrics
+from relay.queue.committer import GroupCommitter
+from relay.queue.model import Envelope, QueueIdFactory, Recipient
+from relay.queue.store import QueueFull
+from relay.smtp import replies as R
+from relay.smtp.events import MessageReceived
+
+log = logging.getLogger("relay.intake")
+
+# RFC 5321 §6.3: a message with this many Received fields (ours included) is looping;
+# Postfix's hopcount_limit has the same value.
+MAX_RECEIVED = 50
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    """What the Received header and the queue record say about the client."""
+
+    session_id: str
+    peer: str
+    helo: str
+    esmtp: bool
+    tls: bool
+    authenticated: bool = False
+
+
+class Intake:
+    def __init__(self, hostname: str, committer: GroupCommitter, ids: QueueIdFactory) -> None:
+        self.hostname = hostname
+        self.committer = committer
+        self.ids = ids
+        self._date_second = -1
+        self._date = ""
+
+    async def submit(self, msg: MessageReceived, info: SessionInfo) -> R.Reply:
+        summary = _fast.scan_headers(msg.body)
+        if summary.received_count + 1 > MAX_RECEIVED:
+            log.info("%s refused: mail loop (%d Received headers)", info.session_id,
+                     summary.received_count)
+            return R.MAIL_LOOP
+        queue_id = self.ids.next()
+        recipients = [str(r) for r in msg.recipients]
+        header = self._received(queue_id, msg, info, recipients)
+        body = header + msg.body
+        env = Envelope(
+            id=queue_id,
+            sender=str(msg.sender) if msg.sender else "",
+            recipients=[Recipient(r) for r in recipients],
+            arrival=time.time(),
+            size=len(body),
+            smtputf8=msg.smtputf8,
+            client=info.peer,
+        )
+        try:
+            await self.committer.submit(env, body)
+        except QueueFull as exc:
+            log.warning("%s deferred: %s", info.session_id, exc)
+            return R.QUEUE_FULL
+        metrics.MESSAGES_RECEIVED.inc()
+        log.info("%s %s: received from=<%s> nrcpt=%d size=%d", info.session_id, queue_id,
+                 env.sender, len(recipients), env.size)
+        return R.queued(queue_id)
+
+    def _received(self, queue_id: str, msg: MessageReceived, info: SessionInfo,
+                  recipients: list[str]) -> bytes:
+        """RFC 5321 §4.4 trace field; protocol names from RFC 3848 and RFC 6531 §3.7.3."""
+        proto = "ESMTP" if info.esmtp else "SMTP"
+        if msg.smtputf8:
+            proto = "UTF8SMTP"
+        proto += ("S" if info.tls else "") + ("A" if info.authenticated else "")
+        helo = info.helo.replace("\r", "").replace("\n", "") or "unknown"
+        lines = [f"Received: from {helo} ([{info.peer}])",
+                 f"\tby {self.hostname} (relay) with {proto} id {queue_id}"]
+        # Name the recipient only when there is one (RFC 5321 §7.2: don't disclose Bcc lists).
+        if len(recipients) == 1:
+            lines.append(f"\tfor <{recipients[0]}>; {self._now()}")
+        else:
+            lines[-1] += f"; {self._now()}"
+        return ("\r\n".join(lines) + "\r\n").encode("utf-8")
+
+    def _now(self) -> str:
+        second = int(time.time())
+        if second != self._date_second:
+            self._date_second = second
+            self._date = email.utils.format_datetime(
+                datetime.datetime.fromtimestamp(second, datetime.timezone.utc))
+        return self._date

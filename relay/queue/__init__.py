@@ -1,0 +1,1 @@
+"""The durable queue: the only contract between intake, delivery and the operator tools."""

@@ -1,0 +1,1 @@
+"""Inbound SMTP: sans-I/O machine, policy, asyncio session glue."""
