@@ -159,7 +159,8 @@ class PostfixInstance:
     name = "postfix"
 
     def __init__(self, sink_port: int, port: int | None = None, base: Path | None = None,
-                 keep: bool = False):
+                 keep: bool = False, extra: dict | None = None):
+        self.extra = dict(extra or {})      # extra main.cf settings (experiments only)
         self.host = LOOPBACK
         self.port = port or free_port()
         self.sink_port = sink_port
@@ -228,6 +229,7 @@ smtpd_client_recipient_rate_limit = 0
 default_process_limit = 200
 # durability is left at Postfix's defaults (queue file fsync'ed before 250)
 """
+        main_cf += "".join(f"{k} = {v}\n" for k, v in self.extra.items())
         (self.config_dir / "main.cf").write_text(main_cf)
         (self.config_dir / "master.cf").write_text(MASTER_CF.format(host=self.host, port=self.port))
         # create queue subdirectories with the right owners/modes
@@ -305,10 +307,11 @@ class PostfixPeer:
 
     name = "postfix"
 
-    def __init__(self, keep: bool = False):
+    def __init__(self, keep: bool = False, extra: dict | None = None):
         self.sink = SmtpSink()
         self.instance: PostfixInstance | None = None
         self.keep = keep
+        self.extra = extra
 
     @property
     def host(self) -> str:
@@ -325,7 +328,7 @@ class PostfixPeer:
     def __enter__(self):
         self.sink.start()
         try:
-            self.instance = PostfixInstance(self.sink.port, keep=self.keep)
+            self.instance = PostfixInstance(self.sink.port, keep=self.keep, extra=self.extra)
             self.instance.__enter__()
         except BaseException:
             self.sink.stop()

@@ -47,6 +47,7 @@ a line nor starts one.
 
 from __future__ import annotations
 
+import operator
 import re
 
 from relay._fast.spec import (
@@ -93,10 +94,14 @@ class DataReader:
             FLAG_LONG_LINE is set (>= 1; RFC 5321 §4.5.3.1.6 says 1000).
 
     Raises:
+        TypeError: max_size or max_line is not an integer.
         ValueError: max_size < 0 or max_line < 1.
     """
 
     def __init__(self, max_size: int, max_line: int = MAX_TEXT_LINE) -> None:
+        # operator.index: integers only, as the compiled twin's Py_ssize_t fields demand.
+        max_size = operator.index(max_size)
+        max_line = operator.index(max_line)
         if max_size < 0:
             raise ValueError("max_size must be >= 0")
         if max_line < 1:

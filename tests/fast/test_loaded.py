@@ -1,0 +1,50 @@
+"""The compiled hot path is what runs (DESIGN.md §5.4 item 4).
+
+Fails, never skips: without RELAY_PURE_PYTHON=1 the compiled extension modules must be
+the ones relay._fast exports; with it, the pure twins must be.
+"""
+
+from __future__ import annotations
+
+import importlib.machinery
+import inspect
+import os
+
+import relay._fast as fast
+
+PUBLIC = ("DataReader", "parse_command", "scan_headers")
+
+
+def _from_extension(obj: object) -> bool:
+    module = inspect.getmodule(obj)
+    path = getattr(module, "__file__", "") or ""
+    return path.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
+
+
+def test_selected_implementation() -> None:
+    if os.environ.get("RELAY_PURE_PYTHON") == "1":
+        assert fast.IMPLEMENTATION == "python"
+        for name in PUBLIC:
+            obj = getattr(fast, name)
+            assert not _from_extension(obj), name
+            assert obj.__module__.endswith("_py"), name
+    else:
+        assert fast.IMPLEMENTATION == "cython", "set RELAY_PURE_PYTHON=1 only on purpose"
+        for name in PUBLIC:
+            obj = getattr(fast, name)
+            assert _from_extension(obj), f"{name} is not from a compiled module"
+            assert obj.__module__.endswith("_c"), name
+            # Not a Python-level function or class (those carry __code__ / a __dict__).
+            assert not inspect.isfunction(obj), name
+        assert not inspect.isfunction(fast.DataReader.feed)
+
+
+def test_reexports_spec() -> None:
+    from relay._fast import spec
+
+    for name in dir(spec):
+        if name.startswith(("FLAG_", "HDR_", "MAX_")) or name in (
+            "Command", "CommandSyntaxError", "FailureKind", "HeaderSummary"
+        ):
+            assert getattr(fast, name) is getattr(spec, name), name
+            assert name in fast.__all__, name
