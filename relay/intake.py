@@ -74,6 +74,9 @@ class Intake:
         except QueueFull as exc:
             log.warning("%s deferred: %s", info.session_id, exc)
             return R.QUEUE_FULL
+        except Exception:  # noqa: BLE001 - the client retries; the session goes on
+            log.exception("%s queue write failed", info.session_id)
+            return R.LOCAL_PROCESSING_ERROR
         metrics.MESSAGES_RECEIVED.inc()
         log.info("%s %s: received from=<%s> nrcpt=%d size=%d", info.session_id, queue_id,
                  env.sender, len(recipients), env.size)

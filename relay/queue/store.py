@@ -14,6 +14,7 @@ Imports: lmdb, stdlib, relay.queue.{model,schema}.
 from __future__ import annotations
 
 import errno
+import os
 import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -109,7 +110,7 @@ class QueueStore:
                         raise QueueFull("queue map is at max_map_size") from None
                 except lmdb.Error as exc:
                     if _is_no_space(exc):
-                        raise QueueFull(f"disk full: {exc}") from None
+                        raise QueueFull(f"storage full or failing: {exc}") from None
                     raise
 
     def _grow(self) -> bool:
@@ -155,6 +156,9 @@ class QueueStore:
             return int(txn.stat(self._dbs[b"env"])["entries"])
 
 
+_STORAGE_ERRORS = tuple(os.strerror(e) for e in (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG))
+
+
 def _is_no_space(exc: lmdb.Error) -> bool:
-    text = str(exc)
-    return "No space left" in text or f"{errno.ENOSPC}" in text.split(":")[0]
+    """Out of storage. LMDB reports a short page write (a full disk) as EIO."""
+    return any(text in str(exc) for text in _STORAGE_ERRORS)

@@ -60,6 +60,7 @@ LOCAL_ERROR = Reply(421, "4.3.0", "Local error, closing connection")  # RFC 3463
 QUEUE_FULL = Reply(452, "4.3.1", "Insufficient system storage, try again later")  # RFC 5321 §4.2.2, RFC 3463 X.3.1
 TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")  # RFC 5321 §4.5.3.1.10, RFC 3463 X.5.3
 TLS_UNAVAILABLE = Reply(454, "4.7.0", "TLS not available")  # RFC 3207 §4
+LOCAL_PROCESSING_ERROR = Reply(451, "4.3.0", "Local error in processing, try again later")  # RFC 5321 §4.2.3
 TEMP_RECIPIENT_FAILURE = Reply(451, "4.3.0", "Temporary recipient lookup failure")  # RFC 3463 X.3.0
 
 # 5xx syntax and sequence
