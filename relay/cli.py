@@ -83,7 +83,7 @@ def _serve(cfg: configuration.Config, args: argparse.Namespace) -> int:
 
     try:
         return server.serve(cfg)
-    except ImportError as exc:
+    except (ImportError, server.StartupError) as exc:
         raise _Failure(str(exc)) from None
 
 

@@ -7,10 +7,12 @@ in use) stops the whole server with its message, as an operator expects.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import shutil
 import signal
+import socket
 import sys
 import time
 
@@ -41,7 +43,39 @@ def prepare(config: Config) -> None:
     AccountStore(data / "accounts").close()
 
 
+class StartupError(Exception):
+    """The server cannot start; str() says why in one line."""
+
+
+def check_addresses(config: Config) -> None:
+    """SO_REUSEPORT would let a second server share a port silently: refuse instead."""
+    listen = config.listen
+    for ep in (*listen.smtp, *listen.metrics):
+        try:
+            with socket.create_connection((ep.host, ep.port), timeout=0.5):
+                pass
+        except OSError:
+            continue
+        raise StartupError(f"{ep} is already in use by another server")
+
+
+def lock_data_dir(config: Config) -> int:
+    """One server per data_dir: an exclusive lock held for the supervisor's lifetime."""
+    config.server.data_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(config.server.data_dir / "relay.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StartupError(f"{config.server.data_dir} is in use by another relay") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
 def serve(config: Config) -> int:
+    lock_data_dir(config)
+    check_addresses(config)
     prepare(config)
     from relay import _fast  # fail before forking if the compiled module is missing
 
