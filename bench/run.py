@@ -14,12 +14,14 @@ and .md. See bench/README.md for how to read them.
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime as _dt
 import json
 import math
 import os
 import platform
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -51,9 +53,29 @@ def budget(size: int, max_messages: int) -> int:
     return max_messages
 
 
+def _queued(target) -> int | None:
+    """Queue size, for servers that keep what they accept (relay without delivery)."""
+    if not hasattr(target, "queue_count") or getattr(target, "delivered_seen", False):
+        return None
+    return target.queue_count()
+
+
+def _account(target, tool: str, res: dict, before, after) -> None:
+    """Cross-check: a relay that only queues must hold one queue entry per 250."""
+    if before is None or after is None:
+        return
+    ok = res.get("messages_ok", res.get("ok", 0))
+    res["queued_delta"] = after - before
+    if after - before < ok:
+        res["accounting_error"] = (f"{ok} accepted but the queue grew by {after - before}"
+                                   + (" (or delivery started)" if getattr(target, "delivery", False) else ""))
+        log(f"[{target.name}] WARNING {tool}: {res['accounting_error']}")
+
+
 def _run_cell(target, size: int, sessions: int, reuse: bool, messages: int,
               max_seconds: float, settle) -> dict:
     out: dict = {}
+    q0 = _queued(target)
     try:
         src = run_smtp_source(target.host, target.port, sessions=sessions, messages=messages,
                               size=size, reuse=reuse, time_limit=max_seconds)
@@ -61,10 +83,13 @@ def _run_cell(target, size: int, sessions: int, reuse: bool, messages: int,
     except BenchError as exc:
         out["smtp_source"] = {"error": str(exc)}
     out["settle_after_smtp_source"] = settle()
+    q1 = _queued(target)
+    _account(target, "smtp-source", out["smtp_source"], q0, q1)
     res = run_load(LoadConfig(host=target.host, port=target.port, sessions=sessions,
                               messages=messages, size=size, reuse=reuse, time_limit=max_seconds))
     out["loadgen"] = res.to_dict()
     out["settle_after_loadgen"] = settle()
+    _account(target, "loadgen", out["loadgen"], q1, _queued(target))
     return out
 
 
@@ -87,7 +112,9 @@ def _ms(v) -> str:
 
 def measure_server(name: str, cells: list[tuple[int, int, bool]], opts, results: dict,
                    status: dict) -> None:
-    """Start one server, run every cell against it, stop it (always)."""
+    """Start one server, run every cell against it, stop it (always).
+
+    ``results[cell][name]`` receives one dict per cell; ``status[name]`` the outcome."""
     if name == CEILING:
         peer = SmtpSink()
     elif name == "postfix":
@@ -96,6 +123,7 @@ def measure_server(name: str, cells: list[tuple[int, int, bool]], opts, results:
         peer = SERVERS[name](keep=opts.keep_tmp)
     settle = getattr(peer, "settle", lambda: 0)
     t0 = time.monotonic()
+    spent = status.get(name, {}).get("seconds", 0.0)
     try:
         with peer:
             status[name] = {"status": "ok", "port": peer.port}
@@ -111,6 +139,9 @@ def measure_server(name: str, cells: list[tuple[int, int, bool]], opts, results:
                               opts.max_seconds, settle)
                 results.setdefault(key, {})[name] = r
                 log(f"[{name}] {key}: {_brief(r)}")
+            if hasattr(peer, "delivery"):
+                status[name]["delivery_configured"] = peer.delivery
+                status[name]["deliveries_seen"] = peer.delivered_seen
     except BenchError as exc:
         status[name] = {"status": "failed", "error": str(exc)}
         log(f"[{name}] NOT MEASURED: {exc}")
@@ -118,7 +149,34 @@ def measure_server(name: str, cells: list[tuple[int, int, bool]], opts, results:
         import traceback
         status[name] = {"status": "failed", "error": f"harness error: {exc!r}"}
         log(f"[{name}] harness error (server stopped):\n{traceback.format_exc()}")
-    status[name]["seconds"] = round(time.monotonic() - t0, 1)
+    status[name]["seconds"] = round(spent + time.monotonic() - t0, 1)
+
+
+MEDIAN_FIELDS = {"smtp_source": ("msgs_per_s", "seconds", "messages_ok"),
+                 "loadgen": ("msgs_per_s", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "max_ms", "ok")}
+
+
+def combine_rounds(runs: list[dict]) -> dict:
+    """Several rounds of one cell/server: medians of the figures, failures summed."""
+    if len(runs) == 1:
+        return runs[0]
+    out = copy.deepcopy(runs[0])
+    for tool, fields in MEDIAN_FIELDS.items():
+        vals = [r.get(tool) or {} for r in runs]
+        if tool not in out:
+            continue
+        for f in fields:
+            xs = [v[f] for v in vals if v.get(f) is not None and not v.get("error")]
+            out[tool][f] = statistics.median(xs) if xs else None
+        out[tool]["rounds"] = [{f: v.get(f) for f in fields} | ({"error": v["error"]} if v.get("error") else {})
+                               for v in vals]
+        if tool == "loadgen":
+            total: dict = {}
+            for v in vals:
+                for k, n in (v.get("failures") or {}).items():
+                    total[k] = total.get(k, 0) + n
+            out[tool]["failures"] = total
+    return out
 
 
 # ------------------------------------------------------------------ ratios & report
@@ -175,7 +233,10 @@ def render_markdown(doc: dict) -> str:
              f"aiosmtpd {h['aiosmtpd']}, relay rev {h['git_rev']}. "
              f"Per measurement: at most {doc['options']['max_messages']} messages "
              f"({budget(100 * KB, doc['options']['max_messages'])} at 100 KB) or "
-             f"{doc['options']['max_seconds']:.0f} s. Wall time {doc['seconds']:.0f} s.")
+             f"{doc['options']['max_seconds']:.0f} s"
+             + (f"; medians of {doc['options']['repeat']} interleaved rounds"
+                if doc["options"].get("repeat", 1) > 1 else "")
+             + f". Wall time {doc['seconds']:.0f} s.")
     L.append("")
     if doc["options"].get("postfix_extra_main_cf"):
         L.append(f"Postfix main.cf overrides (not defaults!): {doc['options']['postfix_extra_main_cf']}")
@@ -183,6 +244,17 @@ def render_markdown(doc: dict) -> str:
     L.append("Every 250 counted is durable: Postfix, the relay and the aiosmtpd handler fsync "
              "before replying 250. The ceiling is smtp-sink (no disk).")
     L.append("")
+    rst = status.get("relay", {})
+    if rst.get("status") == "ok":
+        if rst.get("deliveries_seen"):
+            L.append("relay: delivered to an smtp-sink ([delivery] smarthost), like Postfix.")
+        else:
+            L.append("relay: delivered nothing during the run (" +
+                     ("[delivery] smarthost set to an smtp-sink, but the queue did not drain"
+                      if rst.get("delivery_configured") else "no [delivery] support") +
+                     "): it only queued, while Postfix also delivered. Queue growth was checked "
+                     "against the 250s counted.")
+        L.append("")
     for name in order:
         st = status.get(name, {})
         if st.get("status") != "ok":
@@ -274,6 +346,8 @@ def parse_args(argv):
     ap.add_argument("--max-messages", type=int, default=2000,
                     help="per measurement (a quarter of it at >= 100 KB)")
     ap.add_argument("--max-seconds", type=float, default=15.0, help="per measurement")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="rounds over all servers (interleaved); figures are medians over rounds")
     ap.add_argument("--out", type=Path, default=RESULTS, help="directory for <timestamp>.json/.md")
     ap.add_argument("--keep-tmp", action="store_true", help="keep the peers' temp dirs (debugging)")
     ap.add_argument("--postfix-set", action="append", default=[], metavar="KEY=VALUE",
@@ -295,8 +369,8 @@ def parse_args(argv):
     a.sessions_list = [int(x) for x in a.sessions.split(",")]
     a.sizes_list = [int(x) * KB for x in a.sizes.split(",")]
     a.reuse_list = {"both": [True, False], "on": [True], "off": [False]}[a.reuse]
-    if a.max_messages < 1 or a.max_seconds <= 0 or min(a.sessions_list) < 1:
-        ap.error("--max-messages, --max-seconds and --sessions must be positive")
+    if a.max_messages < 1 or a.max_seconds <= 0 or min(a.sessions_list) < 1 or a.repeat < 1:
+        ap.error("--max-messages, --max-seconds, --sessions and --repeat must be positive")
     return a
 
 
@@ -308,6 +382,7 @@ def main(argv=None) -> int:
     opts = parse_args(argv)
     # SIGTERM tears down like Ctrl-C (peers are context managers).
     signal.signal(signal.SIGTERM, _sigterm)
+    signal.signal(signal.SIGINT, signal.default_int_handler)   # even if started with SIGINT ignored
     try:
         ensure_postfix(log)   # smtp-source/smtp-sink are needed whatever the server set
     except BenchError as exc:
@@ -318,17 +393,32 @@ def main(argv=None) -> int:
     started = _dt.datetime.now()
     stamp = started.strftime("%Y%m%d-%H%M%S")
     t0 = time.monotonic()
-    results: dict = {cell_key(*c): {} for c in cells}
+    rounds: list[dict] = []
     status: dict = {}
     order = list(opts.servers) + ([] if opts.no_ceiling else [CEILING])
-    log(f"bench: {len(cells)} cell(s) x {order}; up to {opts.max_messages} messages or "
-        f"{opts.max_seconds:.0f}s per measurement")
+    log(f"bench: {len(cells)} cell(s) x {order}"
+        + (f" x {opts.repeat} rounds" if opts.repeat > 1 else "")
+        + f"; up to {opts.max_messages} messages or {opts.max_seconds:.0f}s per measurement")
     try:
-        for name in order:
-            measure_server(name, cells, opts, results, status)
+        for rnd in range(opts.repeat):
+            if opts.repeat > 1:
+                log(f"bench: round {rnd + 1}/{opts.repeat}")
+            rounds.append({cell_key(*c): {} for c in cells})
+            for name in order:
+                if status.get(name, {}).get("status", "ok") != "ok":
+                    continue          # failed in an earlier round: do not retry
+                measure_server(name, cells, opts, rounds[-1], status)
     except KeyboardInterrupt:
         log("bench: interrupted; servers stopped; writing partial results")
         status["interrupted"] = {"status": "interrupted"}
+    results: dict = {}
+    for c in cells:
+        key = cell_key(*c)
+        results[key] = {}
+        for name in order:
+            runs = [r[key][name] for r in rounds if name in r.get(key, {})]
+            if runs:
+                results[key][name] = combine_rounds(runs)
     ratios = compute_ratios(results)
     gm = {p: {k: geomean(r[p][k] for r in ratios.values()) for k in
               ("msgs_per_s_smtp_source", "msgs_per_s_loadgen", "p50_loadgen", "p99_loadgen")}
@@ -340,6 +430,7 @@ def main(argv=None) -> int:
         "options": {"servers": opts.servers, "ceiling": not opts.no_ceiling, "quick": opts.quick,
                     "sessions": opts.sessions_list, "sizes": opts.sizes_list, "reuse": opts.reuse_list,
                     "max_messages": opts.max_messages, "max_seconds": opts.max_seconds,
+                    "repeat": opts.repeat,
                     "postfix_extra_main_cf": opts.postfix_extra},
         "servers": status,
         "results": results,
@@ -358,6 +449,8 @@ def main(argv=None) -> int:
         mpath.write_text(md)
         print(md)
         log(f"bench: wrote {jpath} and {mpath}")
+    if "interrupted" in status:
+        return 130
     failed = [n for n in order if status.get(n, {}).get("status") != "ok"]
     if failed:
         log(f"bench: NOT MEASURED: {', '.join(failed)} (see above); exit status 1")

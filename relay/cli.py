@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 from relay import config as configuration
@@ -75,6 +76,16 @@ def _parser() -> argparse.ArgumentParser:
     s = queue.add_parser("show", parents=[common], help="print one queued message")
     s.add_argument("id")
     s.set_defaults(func=_queue_show)
+    s = queue.add_parser("flush", parents=[common], help="retry now (one message, or all)")
+    s.add_argument("id", nargs="?")
+    s.set_defaults(func=_queue_flush)
+    for name, helptext, func in (
+            ("delete", "remove a message without notice", "_queue_delete"),
+            ("hold", "keep a message from delivery until released", "_queue_hold"),
+            ("release", "release a held message for delivery now", "_queue_release")):
+        s = queue.add_parser(name, parents=[common], help=helptext)
+        s.add_argument("id")
+        s.set_defaults(func=globals()[func])
     return p
 
 
@@ -156,4 +167,67 @@ def _queue_show(cfg: configuration.Config, args: argparse.Namespace) -> int:
     print()
     sys.stdout.flush()
     sys.stdout.buffer.write(body)
+    return 0
+
+
+def _require_store(cfg: configuration.Config):  # type: ignore[no-untyped-def]
+    store = _store(cfg)
+    if store is None:
+        raise _Failure("the queue is empty (no queue database yet)")
+    return store
+
+
+def _queue_flush(cfg: configuration.Config, args: argparse.Namespace) -> int:
+    from relay.queue.model import MessageState
+
+    store = _require_store(cfg)
+    now = time.time()
+
+    def due_now(env) -> bool:  # type: ignore[no-untyped-def]
+        if env.state is MessageState.HOLD:
+            return False
+        env.next_attempt = now
+        return True
+
+    ids = [args.id] if args.id else [e.id for e in store.envelopes()]
+    flushed = sum(store.modify(i, due_now) for i in ids)
+    if args.id and not flushed:
+        raise _Failure(f"no such message, or held: {args.id}")
+    print(f"flushed {flushed} message(s)")
+    return 0
+
+
+def _queue_delete(cfg: configuration.Config, args: argparse.Namespace) -> int:
+    if not _require_store(cfg).delete(args.id):
+        raise _Failure(f"no such message: {args.id}")
+    print(f"deleted {args.id}")
+    return 0
+
+
+def _queue_hold(cfg: configuration.Config, args: argparse.Namespace) -> int:
+    from relay.queue.model import MessageState
+
+    def hold(env) -> bool:  # type: ignore[no-untyped-def]
+        env.state = MessageState.HOLD
+        return True
+
+    if not _require_store(cfg).modify(args.id, hold):
+        raise _Failure(f"no such message: {args.id}")
+    print(f"held {args.id}")
+    return 0
+
+
+def _queue_release(cfg: configuration.Config, args: argparse.Namespace) -> int:
+    from relay.queue.model import MessageState
+
+    def release(env) -> bool:  # type: ignore[no-untyped-def]
+        if env.state is not MessageState.HOLD:
+            return False
+        env.state = MessageState.DEFERRED if env.attempts else MessageState.ACTIVE
+        env.next_attempt = time.time()
+        return True
+
+    if not _require_store(cfg).modify(args.id, release):
+        raise _Failure(f"no such held message: {args.id}")
+    print(f"released {args.id}")
     return 0

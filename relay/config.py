@@ -11,6 +11,7 @@ Imports: stdlib only.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -84,6 +85,23 @@ class QueueConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DeliveryConfig:
+    smarthost: Endpoint | None = None  # None: direct to each domain's MX
+    nameservers: tuple[str, ...] = ()  # "ip" or "ip:port"; empty: the system resolver
+    port: int = 25  # remote MX port
+    max_connections: int = 100  # outbound connections per worker
+    max_connections_per_destination: int = 20  # Postfix default_destination_concurrency_limit
+    connect_timeout: float = 30.0  # Postfix smtp_connect_timeout
+    command_timeout: float = 300.0  # RFC 5321 §4.5.3.2.2-4: MAIL, RCPT 5 minutes
+    data_timeout: float = 600.0  # RFC 5321 §4.5.3.2.6: DATA termination 10 minutes
+    retry_schedule: tuple[float, ...] = (60.0, 300.0, 900.0, 3600.0, 14400.0)  # last repeats
+    max_queue_lifetime: float = 5 * 86400.0  # Postfix maximal_queue_lifetime
+    delay_warning: float = 4 * 3600.0  # 0 disables the delay DSN
+    tls_verify: tuple[str, ...] = ()  # domains whose MX certificates must verify
+    connection_cache_time: float = 2.0  # keep an idle outbound connection this long (Postfix)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: Path
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -92,6 +110,7 @@ class Config:
     relay: RelayConfig = field(default_factory=RelayConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
 
     @property
     def worker_count(self) -> int:
@@ -159,9 +178,36 @@ def parse(raw: dict[str, Any], path: Path) -> Config:
     )
     if queue.max_map_size < queue.map_size:
         raise ConfigError("queue.max_map_size", "must be >= queue.map_size")
+    d = DeliveryConfig()
+    smarthosts = r.endpoints("delivery", "smarthost", single=True)
+    for ns in r.strings("delivery", "nameservers"):
+        host, _, port = ns.rpartition(":") if ns.count(":") == 1 else (ns, "", "")
+        try:
+            ipaddress.ip_address(host or ns)
+        except ValueError:
+            raise ConfigError("delivery.nameservers", f"{ns!r} is not ip or ip:port") from None
+        if port and not (port.isdigit() and 0 < int(port) < 65536):
+            raise ConfigError("delivery.nameservers", f"{ns!r} has a bad port")
+    delivery = DeliveryConfig(
+        smarthost=smarthosts[0] if smarthosts else None,
+        nameservers=r.strings("delivery", "nameservers"),
+        port=r.integer("delivery", "port", d.port, 1, 65535),
+        max_connections=r.integer("delivery", "max_connections", d.max_connections, 1),
+        max_connections_per_destination=r.integer(
+            "delivery", "max_connections_per_destination", d.max_connections_per_destination, 1),
+        connect_timeout=r.duration("delivery", "connect_timeout", d.connect_timeout),
+        command_timeout=r.duration("delivery", "command_timeout", d.command_timeout),
+        data_timeout=r.duration("delivery", "data_timeout", d.data_timeout),
+        retry_schedule=r.durations("delivery", "retry_schedule", d.retry_schedule),
+        max_queue_lifetime=r.duration("delivery", "max_queue_lifetime", d.max_queue_lifetime),
+        delay_warning=r.duration("delivery", "delay_warning", d.delay_warning, allow_zero=True),
+        tls_verify=tuple(x.lower() for x in r.strings("delivery", "tls_verify")),
+        connection_cache_time=r.duration("delivery", "connection_cache_time",
+                                         d.connection_cache_time, allow_zero=True),
+    )
     r.refuse_unknown()
     return Config(path=path, server=server, listen=listen, tls=tls, relay=relay,
-                  limits=limits, queue=queue)
+                  limits=limits, queue=queue, delivery=delivery)
 
 
 class _Reader:
@@ -213,14 +259,41 @@ class _Reader:
         v = self._get(section, key)
         if v is None:
             return default
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
             raise ConfigError(f"{section}.{key}", "must be a number of seconds")
         if v < 0 or (v == 0 and not allow_zero):
             raise ConfigError(f"{section}.{key}", "must be a number of seconds > 0")
         return float(v)
 
-    def endpoints(self, section: str, key: str) -> tuple[Endpoint, ...]:
+    def duration(self, section: str, key: str, default: float, allow_zero: bool = False) -> float:
+        """Seconds as a number, or a string with a unit: "90s", "5m", "4h", "5d"."""
+        v = self._get(section, key)
+        if v is None:
+            return default
+        seconds = _seconds(v)
+        if seconds is None or seconds < 0 or (seconds == 0 and not allow_zero):
+            raise ConfigError(f"{section}.{key}",
+                              'must be a duration > 0: seconds, or "30s", "5m", "4h", "5d"')
+        return seconds
+
+    def durations(self, section: str, key: str, default: tuple[float, ...]) -> tuple[float, ...]:
+        v = self._get(section, key)
+        if v is None:
+            return default
+        values = [_seconds(x) for x in v] if isinstance(v, list) and v else [None]
+        if any(x is None or x <= 0 for x in values):
+            raise ConfigError(f"{section}.{key}", 'must be a non-empty list of durations ("5m")')
+        return tuple(x for x in values if x is not None)
+
+    def endpoints(self, section: str, key: str, single: bool = False) -> tuple[Endpoint, ...]:
         out = []
+        if single:
+            v = self._get(section, key)
+            if v is None or v == "":
+                return ()
+            if not isinstance(v, str):
+                raise ConfigError(f"{section}.{key}", "must be a \"host:port\" string")
+            self.raw[section][key] = [v]
         for item in self.strings(section, key):
             host, sep, port = item.rpartition(":")
             host = host.strip("[]")
@@ -237,3 +310,16 @@ class _Reader:
             except ValueError:
                 raise ConfigError(f"{section}.{key}", f"{item!r} is not a network") from None
         return tuple(out)
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def _seconds(v: object) -> float | None:
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, (int, float)):
+        return float(v) if math.isfinite(v) else None
+    if isinstance(v, str) and v[:-1].replace(".", "", 1).isdigit() and v[-1:] in _UNITS:
+        return float(v[:-1]) * _UNITS[v[-1]]
+    return None

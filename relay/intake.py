@@ -28,6 +28,7 @@ log = logging.getLogger("relay.intake")
 # RFC 5321 §6.3: a message with this many Received fields (ours included) is looping;
 # Postfix's hopcount_limit has the same value.
 MAX_RECEIVED = 50
+ID_ATTEMPTS = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,21 +57,28 @@ class Intake:
             log.info("%s refused: mail loop (%d Received headers)", info.session_id,
                      summary.received_count)
             return R.MAIL_LOOP
-        queue_id = self.ids.next()
         recipients = [str(r) for r in msg.recipients]
-        header = self._received(queue_id, msg, info, recipients)
-        body = header + msg.body
-        env = Envelope(
-            id=queue_id,
-            sender=str(msg.sender) if msg.sender else "",
-            recipients=[Recipient(r) for r in recipients],
-            arrival=time.time(),
-            size=len(body),
-            smtputf8=msg.smtputf8,
-            client=info.peer,
-        )
         try:
-            await self.committer.submit(env, body)
+            for attempt in range(ID_ATTEMPTS):
+                queue_id = self.ids.next()
+                header = self._received(queue_id, msg, info, recipients)
+                body = header + msg.body
+                env = Envelope(
+                    id=queue_id,
+                    sender=str(msg.sender) if msg.sender else "",
+                    recipients=[Recipient(r) for r in recipients],
+                    arrival=time.time(),
+                    size=len(body),
+                    smtputf8=msg.smtputf8,
+                    client=info.peer,
+                )
+                try:
+                    await self.committer.submit(env, body)
+                    break
+                except KeyError:
+                    # An id collision (a clock step across a restart): draw another.
+                    if attempt == ID_ATTEMPTS - 1:
+                        raise
         except QueueFull as exc:
             log.warning("%s deferred: %s", info.session_id, exc)
             return R.QUEUE_FULL
@@ -90,7 +98,9 @@ class Intake:
             proto = "UTF8SMTP"
         proto += ("S" if info.tls else "") + ("A" if info.authenticated else "")
         helo = info.helo.replace("\r", "").replace("\n", "") or "unknown"
-        lines = [f"Received: from {helo} ([{info.peer}])",
+        # RFC 5321 §4.1.3: IPv6 address literals carry the "IPv6:" tag.
+        literal = f"IPv6:{info.peer}" if ":" in info.peer else info.peer
+        lines = [f"Received: from {helo} ([{literal}])",
                  f"\tby {self.hostname} (relay) with {proto} id {queue_id}"]
         # Name the recipient only when there is one (RFC 5321 §7.2: don't disclose Bcc lists).
         if len(recipients) == 1:

@@ -34,6 +34,22 @@ QUEUE_COMMIT_SECONDS = Histogram(
 QUEUE_COMMIT_BATCH = Histogram(
     "relay_queue_commit_batch_messages", "Messages per group commit",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+MESSAGES_DELIVERED = Counter(
+    "relay_messages_delivered_total", "Deliveries completed, one per recipient", ["kind"])
+MESSAGES_DEFERRED = Counter(
+    "relay_messages_deferred_total", "Delivery attempts that left recipients for a retry")
+MESSAGES_BOUNCED = Counter(
+    "relay_messages_bounced_total", "Recipients bounced (5xx, expiry, undeliverable)")
+DELIVERY_DURATION = Histogram(
+    "relay_delivery_duration_seconds", "Time from arrival until a message leaves the queue",
+    buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 30, 60, 300, 900, 3600, 14400, 86400, 432000))
+OUTBOUND_CONNECTIONS_ACTIVE = Gauge(
+    "relay_outbound_connections_active", "Open outbound SMTP connections",
+    multiprocess_mode="livesum")
+DNS_LOOKUPS = Counter(
+    "relay_dns_lookups_total", "MX/address resolutions by result", ["result"])
+LOCAL_DELIVERIES = Counter(
+    "relay_local_deliveries_total", "Messages written to a local Maildir")
 BUILD_INFO = Gauge(
     "relay_build_info", "Build facts: which parser implementation serves",
     ["version", "parser"], multiprocess_mode="max")

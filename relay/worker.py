@@ -57,7 +57,8 @@ async def _serve(config: Config, index: int) -> None:
     tls_context = tls.server_context(cert, key) if cert.exists() and key.exists() else None
     listener = Listener(
         settings=SmtpSettings(config.server.hostname, config.relay.max_message_size,
-                              config.relay.max_recipients, tls_available=tls_context is not None),
+                              config.relay.max_recipients, tls_available=tls_context is not None,
+                              postmaster_domain=(config.relay.local_domains or ("",))[0]),
         policy=RecipientPolicy(config.relay.local_domains, accounts),
         intake=Intake(config.server.hostname, committer, QueueIdFactory(index)),
         relay_networks=config.relay.relay_networks,

@@ -8,17 +8,23 @@ BenchError naming the command and the tail of its output.
 
 In this benchmark recipients are at a remote domain (sink.test) and the client is
 in relay_networks, so the relay accepts them for relaying: each 250 means the
-message is durably queued. (Delivery is a later feature; nothing is delivered.)
+message is durably queued. If the relay knows a ``[delivery]`` section (checked with
+``relay check-config``), it is pointed at an smtp-sink on loopback (``smarthost``)
+with a dead loopback ``nameservers`` entry, exactly like Postfix's relayhost, so
+delivery never leaves 127.0.0.0/8; a relay without delivery just keeps the queue.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+from bench.peers.postfix import SmtpSink
 from bench.util import (LOOPBACK, REPO, BenchError, free_port, make_tmpdir, rmtree, tail,
                         wait_port)
 
@@ -35,6 +41,12 @@ smtp = ["{host}:{port}"]
 local_domains = ["bench.test"]
 relay_networks = ["127.0.0.0/8"]
 max_message_size = 52428800
+"""
+
+DELIVERY_TEMPLATE = """
+[delivery]
+smarthost = "{host}:{sink_port}"
+nameservers = ["{host}:{dns_port}"]
 """
 
 
@@ -60,17 +72,46 @@ class RelayPeer:
         self.start_timeout = start_timeout
         self.base: Path | None = None
         self.proc: subprocess.Popen | None = None
+        self.sink: SmtpSink | None = None
+        self.delivery = False          # True: [delivery] accepted, relaying to our smtp-sink
+        self.delivered_seen = False    # True once the queue was seen draining to the sink
+        self.cmd: list[str] = []
 
-    def config_text(self) -> str:
-        return CONFIG_TEMPLATE.format(data_dir=self.base / "data", host=self.host, port=self.port)
+    @property
+    def config_path(self) -> Path:
+        return self.base / "relay.toml"
+
+    def config_text(self, delivery_sink: int | None = None) -> str:
+        text = CONFIG_TEMPLATE.format(data_dir=self.base / "data", host=self.host, port=self.port)
+        if delivery_sink:
+            text += DELIVERY_TEMPLATE.format(host=self.host, sink_port=delivery_sink,
+                                             dns_port=free_port())
+        return text
+
+    def _check_config(self) -> subprocess.CompletedProcess:
+        return subprocess.run(self.cmd + ["check-config", "-c", str(self.config_path)], cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
 
     def start(self) -> "RelayPeer":
-        cmd = relay_command()
+        self.cmd = relay_command()
         self.base = make_tmpdir("relay-")
         (self.base / "data").mkdir()
-        config = self.base / "relay.toml"
-        config.write_text(self.config_text())
-        cmd += ["serve", "-c", str(config)]
+        # Prefer a config with delivery to a loopback smtp-sink; fall back to the plain one
+        # for a relay that does not know [delivery] yet.
+        self.sink = SmtpSink().start()
+        self.config_path.write_text(self.config_text(self.sink.port))
+        r = self._check_config()
+        if r.returncode == 0:
+            self.delivery = True
+        else:
+            self.sink.stop()
+            self.sink = None
+            self.config_path.write_text(self.config_text())
+            r2 = self._check_config()
+            if r2.returncode != 0:
+                raise BenchError(f"relay refuses the benchmark config ({self.config_path}):\n"
+                                 + r2.stdout.decode(errors="replace")[-1500:])
+        cmd = self.cmd + ["serve", "-c", str(self.config_path)]
         logpath = self.base / "relay.log"
         with open(logpath, "wb") as log:
             self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
@@ -84,8 +125,32 @@ class RelayPeer:
                              f"--- relay output (tail) ---\n{out or '(none)'}") from None
         return self
 
-    def settle(self, timeout: float = 30.0) -> int:
-        return 0
+    def queue_count(self) -> int | None:
+        """Messages in the relay's queue (``relay queue list --json``), None if unavailable."""
+        try:
+            r = subprocess.run(self.cmd + ["queue", "list", "-c", str(self.config_path), "--json"],
+                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=60)
+            return len(json.loads(r.stdout)) if r.returncode == 0 else None
+        except (OSError, ValueError, subprocess.TimeoutExpired):
+            return None
+
+    def settle(self, timeout: float = 30.0, stall: float = 2.0) -> int:
+        """With delivery configured: wait while the queue drains to the sink, until it is
+        empty, stops shrinking for ``stall`` seconds (delivery not running), or ``timeout``.
+        Returns the number of messages left in the queue."""
+        left = self.queue_count()
+        if not self.delivery or left is None:
+            return left or 0
+        now = time.monotonic()
+        deadline, last_progress, prev = now + timeout, now, left
+        while left and now < deadline and now - last_progress < stall:
+            time.sleep(0.3)
+            left = self.queue_count() or 0
+            now = time.monotonic()
+            if left < prev:
+                self.delivered_seen = True
+                prev, last_progress = left, now
+        return left
 
     def stop(self, timeout: float = 20.0) -> None:
         proc, self.proc = self.proc, None
@@ -105,6 +170,9 @@ class RelayPeer:
                 proc.wait(5)
             except subprocess.TimeoutExpired:
                 pass
+        if self.sink is not None:
+            self.sink.stop()
+            self.sink = None
         if not self.keep:
             rmtree(self.base)
 

@@ -58,7 +58,7 @@ def parse_command(line: bytes) -> Command:
     """
     if not isinstance(line, bytes):
         raise TypeError("parse_command() argument must be bytes")
-    # Rule 1: RFC 5321 §4.5.2 / §2.3.8: NUL is never valid in a command.
+    # Rule 1: no production of RFC 5321 §4.1 admits NUL; refuse it before anything else.
     if b"\x00" in line:
         raise CommandSyntaxError(FailureKind.NUL)
     # Rule 2: trailing white space is tolerated (many clients send it).

@@ -2,16 +2,29 @@
 """DataReader, compiled. Behaviour: see relay/_fast/data_py.py, which is the specification.
 
 C-level notes only here. The caller's buffer is borrowed (Py_buffer) for the length of
-one feed() call and never kept. The body lives in a malloc'd buffer that grows by
-doubling up to max_size and is freed as soon as FLAG_TOO_BIG is set. Content is copied
-in whole spans found with memchr; a span is split only where a stuffed dot is dropped.
+one feed() call and never kept. Content is copied in whole spans found with memchr; a
+span is split only where a stuffed dot is dropped.
+
+The body is built directly inside a bytes object this reader owns alone (refcount 1),
+grown by doubling up to max_size with _PyBytes_Resize and dropped as soon as
+FLAG_TOO_BIG is set. Once done, body() shrinks it to size once and returns that very
+object, saving a copy of every message; from then on it is shared and immutable,
+which holds because nothing appends after done (and __init__ drops it before reuse).
+Before done, body() returns a copy, since later feeds keep writing.
 """
 
 cimport cython
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_FromStringAndSize
-from libc.stdlib cimport free, realloc
+from cpython.ref cimport PyObject, Py_XDECREF
 from libc.string cimport memchr, memcpy
+
+cdef extern from "Python.h":
+    # Raw-pointer forms, so the body object's single reference is managed by hand.
+    PyObject *new_bytes "PyBytes_FromStringAndSize"(const char *v, Py_ssize_t n) except NULL
+    char *bytes_data "PyBytes_AS_STRING"(PyObject *o) noexcept
+    # On failure sets *obj to NULL (releasing it) and returns -1 with MemoryError set.
+    int _PyBytes_Resize(PyObject **obj, Py_ssize_t n) noexcept
 
 from relay._fast.spec import MAX_TEXT_LINE
 
@@ -60,9 +73,9 @@ cdef enum:
 cdef class DataReader:
     """Incremental reader for one DATA transaction (see relay/_fast/data_py.py)."""
 
-    cdef unsigned char *_buf  # owned; NULL until the first body octet
-    cdef Py_ssize_t _len
-    cdef Py_ssize_t _cap
+    cdef PyObject *_body  # owned bytes, refcount 1 until done; NULL until first octet
+    cdef Py_ssize_t _len  # body octets written into _body
+    cdef Py_ssize_t _cap  # allocated size of _body
     cdef Py_ssize_t _max_size
     cdef Py_ssize_t _max_line
     cdef Py_ssize_t _size
@@ -71,7 +84,7 @@ cdef class DataReader:
     cdef int _flags
 
     def __cinit__(self):
-        self._buf = NULL
+        self._body = NULL
         self._len = 0
         self._cap = 0
 
@@ -86,10 +99,15 @@ cdef class DataReader:
         self._line_len = 0
         self._state = S_LINE_START
         self._flags = 0
-        self._len = 0
+        self._drop_body()  # a body handed out by body() must never be written again
 
     def __dealloc__(self):
-        free(self._buf)
+        Py_XDECREF(self._body)
+
+    cdef void _drop_body(self) noexcept:
+        Py_XDECREF(self._body)
+        self._body = NULL
+        self._len = self._cap = 0
 
     @property
     def done(self) -> bool:
@@ -104,10 +122,18 @@ cdef class DataReader:
         return self._flags
 
     def body(self) -> bytes:
-        # Copies; the internal buffer may keep growing or be freed afterwards.
         if self._len == 0:
             return b""
-        return PyBytes_FromStringAndSize(<char *>self._buf, self._len)
+        if self._state != S_DONE:
+            return PyBytes_FromStringAndSize(bytes_data(self._body), self._len)
+        if self._cap != self._len:
+            # Shrink once, while we still hold the only reference.
+            if _PyBytes_Resize(&self._body, self._len) < 0:
+                self._body = NULL
+                self._len = self._cap = 0
+                raise MemoryError()
+            self._cap = self._len
+        return <object>self._body
 
     def feed(self, data) -> int:
         cdef Py_buffer view
@@ -129,15 +155,12 @@ cdef class DataReader:
 
     cdef int _emit(self, const unsigned char *p, Py_ssize_t n) except -1:
         cdef Py_ssize_t need, cap
-        cdef unsigned char *grown
         self._size += n
         if self._flags & F_TOO_BIG:
             return 0
         if self._size > self._max_size:
             self._flags |= F_TOO_BIG
-            free(self._buf)
-            self._buf = NULL
-            self._len = self._cap = 0
+            self._drop_body()
             return 0
         need = self._len + n  # <= max_size, so the buffer never exceeds it
         if need > self._cap:
@@ -146,12 +169,14 @@ cdef class DataReader:
                 cap *= 2
             if cap > self._max_size:
                 cap = self._max_size
-            grown = <unsigned char *>realloc(self._buf, cap)
-            if grown == NULL:
+            if self._body == NULL:
+                self._body = new_bytes(NULL, cap)
+            elif _PyBytes_Resize(&self._body, cap) < 0:
+                self._body = NULL
+                self._len = self._cap = 0
                 raise MemoryError()
-            self._buf = grown
             self._cap = cap
-        memcpy(self._buf + self._len, p, n)
+        memcpy(bytes_data(self._body) + self._len, p, n)
         self._len = need
         return 0
 

@@ -31,8 +31,8 @@ a line nor starts one.
 * size counts the unstuffed body octets so far, and keeps counting past max_size.
 * When size would exceed max_size, FLAG_TOO_BIG is set and the body is discarded:
   body() returns b"" from then on, so the reader never holds more than max_size octets.
-  Reading continues to the terminator, so the session stays in step (§4.5.3.1.10
-  requires the server to read the data before replying 552).
+  Reading continues to the terminator, so the session stays in step: the 552 reply
+  (§4.5.3.1.9, RFC 1870) can only be sent after the whole data has been read.
 * FLAG_BARE_LF: an LF not immediately preceded by CR. FLAG_BARE_CR: a CR not
   immediately followed by LF; a CR that is the last octet fed so far is pending and is
   judged by the next octet. Bare CR and LF octets are kept in the body as they are.
@@ -149,10 +149,16 @@ class DataReader:
         """
         if self._state == _DONE:
             return 0
-        view = memoryview(data)
-        if not view.c_contiguous:
-            raise BufferError("DataReader.feed: buffer is not C-contiguous")
-        octets = view.cast("B")
+        # Release the views before returning, so the caller may resize a bytearray
+        # it just fed (e.g. `del buf[:used]`).
+        with memoryview(data) as view:
+            if not view.c_contiguous:
+                raise BufferError("DataReader.feed: buffer is not C-contiguous")
+            with view.cast("B") as octets:
+                return self._scan(octets)
+
+    def _scan(self, octets: memoryview) -> int:
+        """feed() on a view of unsigned octets."""
         n = len(octets)
         i = 0
         while i < n:
@@ -242,7 +248,7 @@ class DataReader:
         if self._flags & FLAG_TOO_BIG:
             return
         if self._size > self._max_size:
-            # §4.5.3.1.10: keep reading, but stop holding the body.
+            # §4.5.3.1.7/.9: keep reading to the end, but stop holding the body.
             self._flags |= FLAG_TOO_BIG
             self._body = bytearray()
             return

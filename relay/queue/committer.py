@@ -11,7 +11,8 @@ stays constant while throughput grows with concurrency (the classic group commit
 A future resolves only after the commit returned, which is what makes "250 means on
 disk" true. If the batch does not fit (QueueFull), each message is retried alone so
 that one huge message cannot refuse its neighbours; those that still fail get
-QueueFull. What would break this: resolving futures before commit, or writing from
+QueueFull. Other writes (delivery outcomes, removals, bounces) ride in the same batches
+through `run()`, so delivering does not add an fsync per message either. What would break this: resolving futures before commit, or writing from
 the loop thread (an fsync would stall every session of the worker).
 
 Imports: stdlib, relay.queue.{model,store}, relay.metrics.
@@ -20,14 +21,18 @@ Imports: stdlib, relay.queue.{model,store}, relay.metrics.
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 from relay import metrics
 from relay.queue.model import Envelope
 from relay.queue.store import QueueFull, QueueStore
 
-_Item = tuple[Envelope, bytes, asyncio.Future[None]]
+_Op = Callable[[Any], Any]  # op(txn) -> result, run inside the batch's write transaction
+_Item = tuple[_Op, "asyncio.Future[Any]", bool]  # (op, future, counts as a new message)
 
 
 class GroupCommitter:
@@ -43,12 +48,19 @@ class GroupCommitter:
         self._thread.start()
 
     def submit(self, env: Envelope, body: bytes) -> asyncio.Future[None]:
-        """Queue one message for the next commit; the future resolves once it is durable."""
-        fut: asyncio.Future[None] = self.loop.create_future()
+        """Queue one new message for the next commit; resolves once it is durable."""
+        return self._add(functools.partial(self.store.op_put_new, env=env, body=body), True)
+
+    def run(self, op: _Op) -> asyncio.Future[Any]:
+        """Run op(txn) in the next batch (delivery outcomes, bounces); resolves with its result."""
+        return self._add(op, False)
+
+    def _add(self, op: _Op, new: bool) -> asyncio.Future[Any]:
+        fut: asyncio.Future[Any] = self.loop.create_future()
         with self._cond:
             if self._stopping:
                 raise RuntimeError("committer stopped")
-            self._pending.append((env, body, fut))
+            self._pending.append((op, fut, new))
             self._cond.notify()
         return fut
 
@@ -73,26 +85,31 @@ class GroupCommitter:
             results = self._commit(batch)
             self.loop.call_soon_threadsafe(_resolve, results)
 
-    def _commit(self, batch: list[_Item]) -> list[tuple[asyncio.Future[None], BaseException | None]]:
+    def _commit(self, batch: list[_Item]) -> list[_Result]:
         started = time.perf_counter()
         try:
-            self.store.enqueue((env, body) for env, body, _ in batch)
-        except QueueFull:
+            values = self.store.write([op for op, _, _ in batch])
+        except QueueFull as exc:
             if len(batch) == 1:
-                return [(batch[0][2], QueueFull("queue full"))]
+                return [(batch[0][1], None, exc)]
             return [r for item in batch for r in self._commit([item])]
-        except Exception as exc:  # noqa: BLE001 - every failure must reach its session
-            return [(fut, exc) for _, _, fut in batch]
+        except Exception as exc:  # noqa: BLE001 - every failure must reach its caller
+            if len(batch) == 1:
+                return [(batch[0][1], None, exc)]
+            return [r for item in batch for r in self._commit([item])]
         metrics.QUEUE_COMMIT_SECONDS.observe(time.perf_counter() - started)
-        metrics.QUEUE_COMMIT_BATCH.observe(len(batch))
-        return [(fut, None) for _, _, fut in batch]
+        metrics.QUEUE_COMMIT_BATCH.observe(sum(1 for _, _, new in batch if new))
+        return [(fut, value, None) for (_, fut, _), value in zip(batch, values)]
 
 
-def _resolve(results: list[tuple[asyncio.Future[None], BaseException | None]]) -> None:
-    for fut, exc in results:
+_Result = tuple["asyncio.Future[Any]", Any, BaseException | None]
+
+
+def _resolve(results: list[_Result]) -> None:
+    for fut, value, exc in results:
         if fut.cancelled():
             continue
         if exc is None:
-            fut.set_result(None)
+            fut.set_result(value)
         else:
             fut.set_exception(exc)

@@ -24,6 +24,30 @@ class RecipientState(enum.Enum):
     BOUNCED = "bounced"
 
 
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one delivery attempt did for one recipient (Postfix's DSN record; RFC 3464 fields).
+
+    action:     "delivered" | "delayed" | "failed" (RFC 3464 §2.3.3)
+    status:     enhanced status code "2.0.0", "4.4.1", "5.1.1" (RFC 3463)
+    diagnostic: the remote reply as "smtp; 550 5.1.1 No such user" (RFC 3464 §2.3.6),
+                or our own explanation for local failures ("x-relay; connection refused")
+    remote_mta: host that answered, "dns; mx1.example.net" (RFC 3464 §2.3.5), or ""
+    tls:        whether the connection that produced it was encrypted
+    """
+
+    recipient: str
+    action: str
+    status: str
+    diagnostic: str
+    remote_mta: str = ""
+    tls: bool = False
+
+    @property
+    def permanent(self) -> bool:
+        return self.action == "failed"
+
+
 @dataclass(slots=True)
 class Recipient:
     address: str

@@ -17,13 +17,14 @@ import errno
 import os
 import threading
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import lmdb
 
 from relay.queue import schema
-from relay.queue.model import Envelope
+from relay.queue.model import Envelope, MessageState
 
 
 class QueueFull(Exception):
@@ -69,32 +70,70 @@ class QueueStore:
             self.env.close()
 
     # ---- writes ---------------------------------------------------------------------
+    # Each op_* runs inside a write transaction given by the caller (GroupCommitter batches
+    # many of them into one commit); the plain methods run one op in a durable txn of its own.
+
+    def op_put_new(self, txn: lmdb.Transaction, env: Envelope, body: bytes) -> None:
+        key = env.id.encode()
+        if not txn.put(key, schema.encode_envelope(env), db=self._dbs[b"env"], overwrite=False):
+            raise KeyError(f"queue id {env.id} already exists")
+        txn.put(key, body, db=self._dbs[b"body"])
+        if env.state is not MessageState.HOLD:
+            txn.put(schema.sched_key(env.next_attempt, env.id), b"", db=self._dbs[b"sched"])
+
+    def op_update(self, txn: lmdb.Transaction, env: Envelope) -> bool:
+        """Replace the envelope (state, recipients, next attempt); False if it is gone."""
+        key = env.id.encode()
+        old = txn.get(key, db=self._dbs[b"env"])
+        if old is None:
+            return False
+        self._unschedule(txn, schema.decode_envelope(old))
+        txn.put(key, schema.encode_envelope(env), db=self._dbs[b"env"])
+        if env.state is not MessageState.HOLD:
+            txn.put(schema.sched_key(env.next_attempt, env.id), b"", db=self._dbs[b"sched"])
+        return True
+
+    def op_delete(self, txn: lmdb.Transaction, queue_id: str) -> bool:
+        key = queue_id.encode()
+        old = txn.get(key, db=self._dbs[b"env"])
+        if old is None:
+            return False
+        self._unschedule(txn, schema.decode_envelope(old))
+        txn.delete(key, db=self._dbs[b"env"])
+        txn.delete(key, db=self._dbs[b"body"])
+        return True
+
+    def _unschedule(self, txn: lmdb.Transaction, env: Envelope) -> None:
+        txn.delete(schema.sched_key(env.next_attempt, env.id), db=self._dbs[b"sched"])
+
+    def write(self, ops: list[Callable[[lmdb.Transaction], Any]]) -> list[Any]:
+        """Run every op in one durable transaction, or none (QueueFull)."""
+        return self._write(lambda txn: [op(txn) for op in ops])  # type: ignore[no-any-return]
 
     def enqueue(self, items: Iterable[tuple[Envelope, bytes]]) -> None:
         """Write every (envelope, body) in one durable transaction, or none (QueueFull)."""
         items = list(items)
-        self._write(lambda txn: self._put_all(txn, items))
+        self._write(lambda txn: [self.op_put_new(txn, env, body) for env, body in items])
 
-    def _put_all(self, txn: lmdb.Transaction, items: list[tuple[Envelope, bytes]]) -> None:
-        env_db, body_db = self._dbs[b"env"], self._dbs[b"body"]
-        for env, body in items:
-            key = env.id.encode()
-            if not txn.put(key, schema.encode_envelope(env), db=env_db, overwrite=False):
-                raise KeyError(f"queue id {env.id} already exists")
-            txn.put(key, body, db=body_db)
-
-    def update(self, env: Envelope) -> None:
-        self._write(lambda txn: txn.put(env.id.encode(), schema.encode_envelope(env),
-                                        db=self._dbs[b"env"]))
+    def update(self, env: Envelope) -> bool:
+        return bool(self._write(lambda txn: self.op_update(txn, env)))
 
     def delete(self, queue_id: str) -> bool:
-        def drop(txn: lmdb.Transaction) -> bool:
-            key = queue_id.encode()
-            found = txn.delete(key, db=self._dbs[b"env"])
-            txn.delete(key, db=self._dbs[b"body"])
-            return bool(found)
+        return bool(self._write(lambda txn: self.op_delete(txn, queue_id)))
 
-        return bool(self._write(drop))
+    def modify(self, queue_id: str, change: Callable[[Envelope], bool]) -> bool:
+        """Read-modify-write one envelope in one txn (operator commands); False if absent
+        or when change() returns False."""
+        def work(txn: lmdb.Transaction) -> bool:
+            raw = txn.get(queue_id.encode(), db=self._dbs[b"env"])
+            if raw is None:
+                return False
+            env = schema.decode_envelope(raw)
+            if not change(env):
+                return False
+            return self.op_update(txn, env)
+
+        return bool(self._write(work))
 
     def _write(self, work):  # type: ignore[no-untyped-def]
         """Run work(txn) in a write transaction; grow the map on MapFullError."""
@@ -145,6 +184,27 @@ class QueueStore:
                 return None
             body = txn.get(queue_id.encode(), db=self._dbs[b"body"]) or b""
             return schema.decode_envelope(raw), bytes(body)
+
+    def due(self, now: float, limit: int = 1000) -> list[str]:
+        """Ids whose next attempt is at or before `now`, oldest first (held ones never)."""
+        if not self._dbs:
+            return []
+        end = schema.sched_key(now, "\xff")
+        out: list[str] = []
+        with self._resize_lock, self._read() as txn:
+            cursor = txn.cursor(db=self._dbs[b"sched"])
+            if not cursor.first():
+                return out
+            for key in cursor.iternext(values=False):
+                if key > end or len(out) >= limit:
+                    break
+                out.append(schema.sched_id(key))
+        return out
+
+    def get_in(self, txn: lmdb.Transaction, queue_id: str) -> Envelope | None:
+        """The envelope as seen by an open transaction (for read-modify-write ops)."""
+        raw = txn.get(queue_id.encode(), db=self._dbs[b"env"])
+        return None if raw is None else schema.decode_envelope(raw)
 
     def count_by_state(self) -> Counter[str]:
         return Counter(e.state.value for e in self.envelopes())

@@ -12,10 +12,13 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
-# RFC 5321 §4.5.3.1.1-2: local-part 64 octets, domain 255 octets; §4.5.3.1.3 path 256.
+# RFC 5321 §4.5.3.1.1-2: local-part 64 octets, domain 255 octets; §4.5.3.1.3 path 256
+# including the angle brackets, so 254 between them.
 MAX_LOCAL_PART = 64
 MAX_DOMAIN = 255
-MAX_PATH = 256
+MAX_PATH = 254
+# The EHLO argument is echoed in our 250 reply, which must fit 512 octets.
+MAX_HELO = 255
 
 _ATEXT = rb"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\x80-\xff]"
 _DOT_STRING = re.compile(rb"%s+(?:\.%s+)*" % (_ATEXT, _ATEXT))
@@ -68,7 +71,7 @@ def parse_mailbox(path: bytes, utf8: bool) -> Mailbox:
         local, at, domain = path.rpartition(b"@")
         if not at or not _DOT_STRING.fullmatch(local):
             raise GrammarError("bad local part")
-    if len(local) > MAX_LOCAL_PART and not utf8:
+    if len(local) > MAX_LOCAL_PART:
         raise GrammarError("local part too long")
     if not (_is_domain(domain) or _is_address_literal(domain)):
         raise GrammarError("bad domain")
@@ -90,6 +93,8 @@ def _is_address_literal(domain: bytes) -> bool:
     if not (domain.startswith(b"[") and domain.endswith(b"]")):
         return False
     inner = domain[1:-1].decode("ascii", "replace")
+    if "%" in inner:  # no IPv6 zone ids: ipaddress accepts any octets after "%"
+        return False
     try:
         if inner[:5].lower() == "ipv6:":
             ipaddress.IPv6Address(inner[5:])
@@ -102,7 +107,9 @@ def _is_address_literal(domain: bytes) -> bool:
 
 def is_valid_helo(arg: bytes) -> bool:
     """RFC 5321 §4.1.1.1: a domain or an address literal (lenient: one token)."""
-    return bool(arg) and b" " not in arg and (_is_domain(arg.rstrip(b".")) or _is_address_literal(arg))
+    if not arg or len(arg) > MAX_HELO or b" " in arg or not arg.isascii():
+        return False
+    return _is_domain(arg.rstrip(b".")) or _is_address_literal(arg)
 
 
 def parse_size(value: bytes | None) -> int | None:

@@ -53,6 +53,8 @@ class SmtpSettings:
     max_message_size: int
     max_recipients: int
     tls_available: bool = False
+    # RFC 5321 §4.1.1.3: "RCPT TO:<Postmaster>" (no domain) means this domain's postmaster.
+    postmaster_domain: str = ""
 
 
 class _Pending(enum.Enum):
@@ -149,6 +151,9 @@ class ServerMachine:
     def tls_started(self) -> None:
         """RFC 3207 §4.2: after the handshake the client must greet again; forget everything."""
         self.tls_active = True
+        # RFC 3207 §4.2 / CVE-2011-0411: nothing sent in plaintext survives the upgrade.
+        del self._buf[:]
+        self._discard_line = False
         self.state = State.GREETING
         self.helo_name = ""
         self.esmtp = False
@@ -260,7 +265,7 @@ class ServerMachine:
         self._reset_transaction()
         self.state = State.READY
         self.esmtp = esmtp
-        self.helo_name = cmd.arg.decode("utf-8", "replace")
+        self.helo_name = cmd.arg.decode("ascii")
         if not esmtp:
             self._reply(R.helo(self.settings.hostname))
             return
@@ -305,6 +310,8 @@ class ServerMachine:
             try:
                 sender = parse_mailbox(cmd.path, utf8)
             except GrammarError:
+                if not utf8 and any(b > 127 for b in cmd.path):
+                    return self._error(R.NEED_SMTPUTF8)  # RFC 6531 §3.5, X.6.7
                 return self._error(R.BAD_SENDER_SYNTAX)
         self._sender = sender
         self._smtputf8 = utf8
@@ -321,7 +328,11 @@ class ServerMachine:
         if not cmd.path:
             return self._error(R.BAD_RECIPIENT_SYNTAX)
         try:
-            rcpt = parse_mailbox(cmd.path, self._smtputf8)
+            if cmd.path.lower() == b"postmaster":
+                rcpt = Mailbox("postmaster", self.settings.postmaster_domain
+                               or self.settings.hostname)
+            else:
+                rcpt = parse_mailbox(cmd.path, self._smtputf8)
         except GrammarError:
             if not self._smtputf8 and any(b > 127 for b in cmd.path):
                 return self._error(R.NEED_SMTPUTF8)

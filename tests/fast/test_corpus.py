@@ -107,6 +107,25 @@ def test_feed_after_done_and_buffer_types(impl: tuple) -> None:
     assert reader.feed(b"more") == 0
     assert reader.feed(b"") == 0
     assert (reader.size, reader.flags, reader.body()) == (3, 0, b"a\r\n")
+    # The SMTP machine feeds its bytearray and then trims it: no export may remain.
+    buf = bytearray(b"x\r\n.\r\nQUIT\r\n")
+    reader = module.DataReader(100)
+    del buf[: reader.feed(buf)]
+    assert buf == b"QUIT\r\n"
+
+
+@pytest.mark.parametrize("impl", DATA_IMPLS, ids=lambda i: i[0])
+def test_body_handed_out_is_never_changed(impl: tuple) -> None:
+    _, module = impl
+    reader = module.DataReader(100)
+    reader.feed(b"ab")
+    early = reader.body()
+    reader.feed(b"c\r\n.\r\n")
+    body = reader.body()
+    assert (early, body, reader.body()) == (b"ab", b"abc\r\n", b"abc\r\n")
+    reader.__init__(100)  # reuse must not write into a body already handed out
+    reader.feed(b"XYZ\r\n.\r\n")
+    assert (body, reader.body()) == (b"abc\r\n", b"XYZ\r\n")
 
 
 @pytest.mark.parametrize("impl", DATA_IMPLS, ids=lambda i: i[0])

@@ -9,10 +9,14 @@ from __future__ import annotations
 import importlib.machinery
 import inspect
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import relay._fast as fast
 
 PUBLIC = ("DataReader", "parse_command", "scan_headers")
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _from_extension(obj: object) -> bool:
@@ -48,3 +52,31 @@ def test_reexports_spec() -> None:
         ):
             assert getattr(fast, name) is getattr(spec, name), name
             assert name in fast.__all__, name
+
+
+def test_missing_build_is_an_error_not_a_fallback() -> None:
+    """With the compiled modules unimportable, importing relay._fast fails loudly."""
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.startswith('relay._fast.') and name.endswith('_c'):\n"
+        "            raise ImportError('blocked: ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "try:\n"
+        "    import relay._fast\n"
+        "except ImportError as exc:\n"
+        "    print(exc)\n"
+        "else:\n"
+        "    print('imported', relay._fast.IMPLEMENTATION)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "RELAY_PURE_PYTHON"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True, cwd=REPO)
+    assert out.stdout.strip() == (
+        "relay._fast: compiled hot path not built; run `make compile` (or set RELAY_PURE_PYTHON=1)"
+    )
+    env["RELAY_PURE_PYTHON"] = "1"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True, cwd=REPO)
+    assert out.stdout.strip() == "imported python"

@@ -1,15 +1,19 @@
 #!/bin/sh
-# Usage: require-tools.sh PACKAGE...   (Debian package names whose command has the same name)
-# Installs missing Debian tools when run as root; otherwise stops naming them.
+# Usage: require-tools.sh COMMAND[:PACKAGE]...
+# Installs the Debian packages of missing commands when run as root; otherwise stops
+# naming them. PACKAGE defaults to COMMAND.
+PATH="$PATH:/usr/sbin:/sbin"
 missing=""
-for pkg in "$@"; do
-  command -v "$pkg" >/dev/null 2>&1 || missing="$missing $pkg"
+for item in "$@"; do
+  cmd=${item%%:*}
+  pkg=${item#*:}
+  command -v "$cmd" >/dev/null 2>&1 || missing="$missing $pkg"
 done
 [ -z "$missing" ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "installing Debian packages:$missing"
-  (apt-get update -qq || true) >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null || {
+  (apt-get update -qq || true) >/dev/null 2>&1
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null 2>&1 || {
     echo "error: could not install:$missing" >&2; exit 1; }
   exit 0
 fi

@@ -1,0 +1,1 @@
+"""Outbound: scheduling, routing, MX resolution, the SMTP client, bounces, local delivery."""

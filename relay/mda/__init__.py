@@ -1,0 +1,1 @@
+"""The mailbox side: Maildir store, IMAP and POP3 servers."""
