@@ -86,6 +86,7 @@ class QueueConfig:
 
 @dataclass(frozen=True, slots=True)
 class DeliveryConfig:
+    enabled: bool = True  # false: accept and queue only (maintenance; Postfix defer_transports)
     smarthost: Endpoint | None = None  # None: direct to each domain's MX
     nameservers: tuple[str, ...] = ()  # "ip" or "ip:port"; empty: the system resolver
     port: int = 25  # remote MX port
@@ -189,6 +190,7 @@ def parse(raw: dict[str, Any], path: Path) -> Config:
         if port and not (port.isdigit() and 0 < int(port) < 65536):
             raise ConfigError("delivery.nameservers", f"{ns!r} has a bad port")
     delivery = DeliveryConfig(
+        enabled=r.boolean("delivery", "enabled", d.enabled),
         smarthost=smarthosts[0] if smarthosts else None,
         nameservers=r.strings("delivery", "nameservers"),
         port=r.integer("delivery", "port", d.port, 1, 65535),
@@ -242,6 +244,14 @@ class _Reader:
         if not isinstance(v, list) or not all(isinstance(x, str) and x for x in v):
             raise ConfigError(f"{section}.{key}", "must be a list of non-empty strings")
         return tuple(v)
+
+    def boolean(self, section: str, key: str, default: bool) -> bool:
+        v = self._get(section, key)
+        if v is None:
+            return default
+        if not isinstance(v, bool):
+            raise ConfigError(f"{section}.{key}", "must be true or false")
+        return v
 
     def integer(self, section: str, key: str, default: int, minimum: int = 0,
                 maximum: int | None = None) -> int:

@@ -14,6 +14,7 @@ import datetime
 import email.utils
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from relay import _fast, metrics
@@ -44,10 +45,12 @@ class SessionInfo:
 
 
 class Intake:
-    def __init__(self, hostname: str, committer: GroupCommitter, ids: QueueIdFactory) -> None:
+    def __init__(self, hostname: str, committer: GroupCommitter, ids: QueueIdFactory,
+                 on_queued: Callable[[Envelope, bytes], None] | None = None) -> None:
         self.hostname = hostname
         self.committer = committer
         self.ids = ids
+        self.on_queued = on_queued  # the delivery scheduler's in-memory hand-off
         self._date_second = -1
         self._date = ""
 
@@ -88,6 +91,8 @@ class Intake:
         metrics.MESSAGES_RECEIVED.inc()
         log.info("%s %s: received from=<%s> nrcpt=%d size=%d", info.session_id, queue_id,
                  env.sender, len(recipients), env.size)
+        if self.on_queued is not None:
+            self.on_queued(env, body)
         return R.queued(queue_id)
 
     def _received(self, queue_id: str, msg: MessageReceived, info: SessionInfo,

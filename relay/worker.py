@@ -16,6 +16,13 @@ import uvloop
 
 from relay import _fast, metrics
 from relay.auth.accounts import AccountStore
+from relay.delivery.connector import Timeouts
+from relay.delivery.local import LocalDelivery
+from relay.delivery.mx import MxResolver
+from relay.delivery.pool import OutboundPool
+from relay.delivery.route import Router
+from relay.delivery.scheduler import DeliveryScheduler, Policy
+from relay.mda.maildir import MaildirStore
 from relay.config import Config
 from relay.intake import Intake
 from relay.metrics_endpoint import MetricsEndpoint
@@ -53,6 +60,8 @@ async def _serve(config: Config, index: int) -> None:
     store = QueueStore(data / "queue", config.queue.map_size, config.queue.max_map_size)
     accounts = AccountStore(data / "accounts")
     committer = GroupCommitter(store, loop, config.queue.commit_delay)
+    ids = QueueIdFactory(index)
+    scheduler = _delivery(config, index, store, committer, accounts, ids)
     cert, key = tls.certificate_paths(config)
     tls_context = tls.server_context(cert, key) if cert.exists() and key.exists() else None
     listener = Listener(
@@ -60,7 +69,8 @@ async def _serve(config: Config, index: int) -> None:
                               config.relay.max_recipients, tls_available=tls_context is not None,
                               postmaster_domain=(config.relay.local_domains or ("",))[0]),
         policy=RecipientPolicy(config.relay.local_domains, accounts),
-        intake=Intake(config.server.hostname, committer, QueueIdFactory(index)),
+        intake=Intake(config.server.hostname, committer, ids,
+                      scheduler.submit if config.delivery.enabled else None),
         relay_networks=config.relay.relay_networks,
         idle_timeout=config.limits.idle_timeout,
         max_connections=config.limits.max_connections,
@@ -73,6 +83,8 @@ async def _serve(config: Config, index: int) -> None:
         return dict(store.count_by_state())
 
     servers = []
+    delivering = loop.create_task(scheduler.run() if config.delivery.enabled
+                                  else asyncio.sleep(0))
     try:
         for ep in config.listen.smtp:
             servers.append(await loop.create_server(
@@ -96,9 +108,34 @@ async def _serve(config: Config, index: int) -> None:
             if session.transport is not None:
                 session.transport.abort()
         await asyncio.sleep(0)
+        await scheduler.stop()
+        delivering.cancel()
+        await scheduler.remote.close()  # type: ignore[attr-defined]
         committer.stop()
         store.close()
         accounts.close()
+
+
+def _delivery(config: Config, index: int, store: QueueStore, committer: GroupCommitter,
+              accounts: AccountStore, ids: QueueIdFactory) -> DeliveryScheduler:
+    d = config.delivery
+    data = config.server.data_dir
+    smarthost = (d.smarthost.host, d.smarthost.port) if d.smarthost else None
+    pool = OutboundPool(
+        resolver=MxResolver(list(d.nameservers), timeout=min(d.command_timeout, 30.0)),
+        helo_name=config.server.hostname,
+        timeouts=Timeouts(d.connect_timeout, d.command_timeout, d.data_timeout),
+        max_connections=d.max_connections,
+        max_per_destination=d.max_connections_per_destination,
+        cache_time=d.connection_cache_time,
+        tls_verify=d.tls_verify)
+    return DeliveryScheduler(
+        store=store, committer=committer,
+        router=Router(config.relay.local_domains, accounts, smarthost, d.port),
+        local=LocalDelivery(MaildirStore(data / "mail")),
+        remote=pool,
+        policy=Policy(d.retry_schedule, d.max_queue_lifetime, d.delay_warning),
+        ids=ids, hostname=config.server.hostname, worker=index, workers=config.worker_count)
 
 
 def _version() -> str:

@@ -30,6 +30,8 @@ How the glue tells a live connection from a dead one:
                    the message was never tried here: try the next MX or retry later
                    (`Failed.outcome(rcpt)` gives the Outcome to use if this was the last).
   Closed           QUIT answered, or the peer closed an idle connection: nothing was lost.
+A timer firing is the glue's business: it calls timed_out(), which ends the connection as
+a close would, with "timed out" in the diagnostic.
 
 Trust: every reply octet is hostile. No input may raise out of this module; replies are
 bounded (512-octet lines, 100 lines) and their text is sanitised before it reaches a
@@ -204,6 +206,7 @@ class ClientMachine:
         self._expect: deque[tuple[_Expect, int]] = deque([(_Expect.GREETING, 0)])
         self._current: _Expect | None = None  # the command whose reply is being handled
         self._peer_closed = False
+        self._timeout = False
         self._txn: _Transaction | None = None
 
     # ---- input/output ---------------------------------------------------------------
@@ -216,6 +219,13 @@ class ClientMachine:
             self._peer_closed = True
         else:
             self._buf += data
+
+    def timed_out(self) -> None:
+        """The glue's timer fired (RFC 5321 §4.5.3.2): like the peer closing, but the
+        diagnostic says "timed out". The glue closes the transport after the event."""
+        if self.state is not ClientState.CLOSED:
+            self._peer_closed = True
+            self._timeout = True
 
     def data_to_send(self) -> bytes:
         """Command octets to write, in order; b"" when there are none."""
@@ -389,7 +399,7 @@ class ClientMachine:
     def _on_ehlo(self, reply: Reply, _: int) -> None:
         cls = reply.code // 100
         if cls == 5:
-            # RFC 5321 §3.2: a server that does not know EHLO still knows HELO.
+            # RFC 5321 §3.2: on "command not recognized" the client falls back to HELO.
             return self._send(f"HELO {self.helo_name}\r\n".encode("ascii"), _Expect.HELO)
         if cls == 4:
             return self._refused(reply)
@@ -399,7 +409,7 @@ class ClientMachine:
         # RFC 1870 §4: SIZE 0 or no number means no fixed limit.
         self.max_size = int(size) if size.isdigit() and size.isascii() and int(size) else None
         if self.starttls and not self.tls_active and "STARTTLS" in self.extensions:
-            # Never pipelined: RFC 3207 §4.2, the client must wait for the 220.
+            # Never pipelined (RFC 2920 §3.1, RFC 3207 §4.2): wait for the 220.
             return self._send(b"STARTTLS\r\n", _Expect.STARTTLS)
         self._ready()
 
@@ -541,7 +551,9 @@ class ClientMachine:
     def _lost(self) -> None:
         if self.state is ClientState.QUIT or (self.state is ClientState.IDLE and not self._expect):
             return self._closed()  # nothing was in flight
-        self._die(None, "4.4.2", f"x-relay; lost connection with {self.host} while {self._phase()}")
+        what = (f"conversation with {self.host} timed out" if self._timeout
+                else f"lost connection with {self.host}")
+        self._die(None, "4.4.2", f"x-relay; {what} while {self._phase()}")  # RFC 3463 X.4.2
 
     def _protocol_error(self, what: str) -> None:
         if self.state is ClientState.QUIT:
@@ -627,7 +639,7 @@ class ClientMachine:
             params.append(" BODY=8BITMIME")  # RFC 6152 §3
         if utf8:
             params.append(" SMTPUTF8")  # RFC 6531 §3.4 (only reached when announced)
-        return f"MAIL FROM:<{sender}>{''.join(params)}\r\n".encode("utf-8")
+        return f"MAIL FROM:<{sender}>{''.join(params)}\r\n".encode()
 
 
 _HANDLERS = {
@@ -661,7 +673,7 @@ def dot_stuff(body: bytes) -> bytes:
 
 
 def _rcpt_command(recipient: str) -> bytes:
-    return f"RCPT TO:<{recipient}>\r\n".encode("utf-8")
+    return f"RCPT TO:<{recipient}>\r\n".encode()
 
 
 def _valid_path(address: str) -> bool:

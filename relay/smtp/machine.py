@@ -322,7 +322,9 @@ class ServerMachine:
         if self.state is State.GREETING:
             return self._error(R.NEED_HELO)
         if self.state not in (State.MAIL, State.RCPT):
-            return self._error(R.NEED_MAIL)
+            # Not counted as an error: a pipelining client (RFC 2920) whose MAIL was
+            # refused sends every RCPT anyway.
+            return self._reply(R.NEED_MAIL)
         if cmd.params:
             return self._error(R.UNKNOWN_PARAMETER)
         if not cmd.path:

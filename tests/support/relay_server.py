@@ -50,6 +50,8 @@ class RelayProcess:
             "relay": {"local_domains": ["example.test"], "relay_networks": ["127.0.0.1/32"],
                       "max_message_size": 200_000, "max_recipients": 100},
             "limits": {"idle_timeout": 60},
+            # Deliver nothing unless a test says so (and then only via its loopback DNS).
+            "delivery": {"enabled": False},
         }
         for name, values in sections.items():
             conf.setdefault(name, {}).update(values)

@@ -166,7 +166,7 @@ class Script:
         while not isinstance(event := self.m.next_event(), Signal):
             self.events.append(event)
 
-    def of(self, kind: type) -> list:
+    def of(self, kind: type) -> list[ClientEvent]:
         """Events of one kind, after draining whatever is ready."""
         self.feed()
         return [e for e in self.events if isinstance(e, kind)]
@@ -697,6 +697,25 @@ def test_peer_closing_mid_data_delays_unfinished_recipients_4_4_2() -> None:
         s.m.send_message(SENDER, [BOB], BODY)
 
 
+def test_timeout_mid_data_delays_with_a_timeout_diagnostic() -> None:
+    s = scripted("PIPELINING")
+    s.m.send_message(SENDER, [BOB], BODY)
+    s.m.data_to_send()
+    s.feed(b"250 ok\r\n250 ok\r\n354 go\r\n")
+    s.m.timed_out()
+    done = s.of(TransactionDone)[0]
+    assert done.outcomes == (outcome(
+        BOB, "delayed", "4.4.2",
+        "x-relay; conversation with mx.example.net timed out while sending message body"),)
+    assert isinstance(s.events[-1], Failed)
+
+
+def test_timeout_while_idle_is_closed() -> None:
+    s = scripted()
+    s.m.timed_out()
+    assert s.of(Closed) == [Closed()]
+
+
 def test_peer_closing_mid_data_against_our_server() -> None:
     p = Pair()
     p.client.send_message(SENDER, [BOB], BODY)
@@ -722,6 +741,17 @@ def test_421_mid_transaction_delays_pending_recipients() -> None:
         outcome(CAROL, "failed", "5.1.1", "smtp; 550 5.1.1 no"),
         outcome(DAVE, "delayed", "4.3.2", bye)))
     assert isinstance(failed, Failed) and failed.reply is not None and failed.reply.code == 421
+
+
+def test_421_after_a_refused_mail_keeps_the_final_outcomes() -> None:
+    # A server may count the pipelined 503s after a refused MAIL as errors and hang up.
+    s = scripted("PIPELINING")
+    s.m.send_message(SENDER, [BOB, CAROL], BODY)
+    s.m.data_to_send()
+    s.feed(b"550 5.7.1 blocked\r\n503 5.5.1 Need MAIL\r\n421 4.7.0 Too many errors\r\n")
+    done, failed = s.events[1:]
+    assert isinstance(done, TransactionDone) and isinstance(failed, Failed)
+    assert [(o.action, o.status) for o in done.outcomes] == [("failed", "5.7.1")] * 2
 
 
 def test_rset_refused_ends_the_transaction_then_fails_the_connection() -> None:
@@ -922,9 +952,9 @@ class Driver:
         assert len(self.ends) == 1 and self.m.state is ClientState.CLOSED
         assert self.m.next_event() is Signal.PAUSED
         assert len(self.done) == len(self.sent)
-        for rcpts, event in zip(self.sent, self.done):
-            assert [o.recipient for o in event.outcomes] == rcpts
-            for o in event.outcomes:
+        for rcpts, done in zip(self.sent, self.done, strict=True):
+            assert [o.recipient for o in done.outcomes] == rcpts
+            for o in done.outcomes:
                 status = _STATUS.fullmatch(o.status)
                 assert status and _ACTION[status.group(1)] == o.action, o
                 assert o.remote_mta == REMOTE and o.diagnostic.isprintable(), o
@@ -947,7 +977,7 @@ def test_random_reply_streams_never_raise_and_every_recipient_gets_one_outcome(
     stream = b"".join(pieces)
     points = sorted(min(c, len(stream)) for c in cuts)
     driver = Driver(starttls, quit_after)
-    for a, b in zip([0, *points], [*points, len(stream)]):
+    for a, b in zip([0, *points], [*points, len(stream)], strict=True):
         driver.feed(stream[a:b])
     driver.feed(b"")
     driver.check_finished()
