@@ -1,0 +1,134 @@
+"""Delivery settings that need a relay of their own: smarthost, queue lifetime expiry,
+restart with deferred mail, STARTTLS to the next hop, the peer's SIZE limit."""
+
+from __future__ import annotations
+
+import ssl
+import time
+from pathlib import Path
+
+import pytest
+from support.relay_server import RelayProcess
+from support.sink import Sink
+from test_delivery import common_free_port, dsns_for, entry, maildir, send, status_groups, wait_for
+
+
+@pytest.fixture
+def sink_port() -> int:
+    return common_free_port()
+
+
+def smarthost_relay(tmp_path: Path, port: int, **delivery: object) -> RelayProcess:
+    relay = RelayProcess(tmp_path / "relay", server={"workers": 1}, delivery={
+        "enabled": True, "smarthost": f"127.0.0.3:{port}", "retry_schedule": ["1s"],
+        "delay_warning": 0, "connect_timeout": "2s", **delivery})
+    relay.add_user("alice@example.test")
+    return relay
+
+
+def test_smarthost_takes_all_remote_mail(tmp_path: Path, sink_port: int) -> None:
+    sink = Sink("127.0.0.3", sink_port).start()
+    relay = smarthost_relay(tmp_path, sink_port)
+    try:
+        with relay:
+            send(relay, "alice@example.test", ["a@far.test", "b@other.test"], "smarthost")
+            got = wait_for(lambda: sink.for_recipient("a@far.test"))
+            assert set(got[0].recipients) == {"a@far.test", "b@other.test"}  # one transaction
+            wait_for(lambda: not relay.queue())
+    finally:
+        sink.stop()
+
+
+def test_expired_message_bounces_with_4_4_7(tmp_path: Path, sink_port: int) -> None:
+    sink = Sink("127.0.0.3", sink_port).start()
+    sink.rule("slow@far.test", "451 4.3.0 not today")
+    relay = smarthost_relay(tmp_path, sink_port, max_queue_lifetime="3s")
+    try:
+        with relay:
+            send(relay, "alice@example.test", ["slow@far.test"], "expiring")
+            dsn = wait_for(lambda: dsns_for(relay, "alice@example.test", "expiring"), 30)[0]
+            group = status_groups(dsn)[0]
+            assert group["action"] == "failed" and group["status"] == "4.4.7"
+            assert "451 4.3.0 not today" in group["diagnostic-code"]
+            wait_for(lambda: entry(relay, "slow@far.test") is None)
+            assert "bounced to=<slow@far.test> status=4.4.7" in relay.log_text()
+    finally:
+        sink.stop()
+
+
+def test_deferred_mail_survives_a_restart_with_its_attempts(tmp_path: Path,
+                                                             sink_port: int) -> None:
+    sink = Sink("127.0.0.3", sink_port).start()
+    sink.rule("later@far.test", "451 4.3.0 not yet")
+    relay = smarthost_relay(tmp_path, sink_port, retry_schedule=["1h"])
+    try:
+        with relay:
+            send(relay, "alice@example.test", ["later@far.test"], "restart")
+            wait_for(lambda: (x := entry(relay, "later@far.test")) and x["attempts"])
+        assert relay.queue()[0]["attempts"] == 1  # stopped server: the record is on disk
+        assert relay.queue()[0]["state"] == "deferred"
+        with sink.lock:
+            sink.rules.clear()
+        with relay:
+            time.sleep(1.5)
+            assert not sink.for_recipient("later@far.test")  # not due for an hour
+            assert relay.cli("queue", "flush").returncode == 0
+            wait_for(lambda: sink.for_recipient("later@far.test"))
+            wait_for(lambda: not relay.queue())
+    finally:
+        sink.stop()
+
+
+class _TlsSink(Sink):
+    """A sink that offers STARTTLS with a throwaway certificate."""
+
+    def __init__(self, host: str, port: int, cert: Path, key: Path) -> None:
+        super().__init__(host, port)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert, key)
+        handler = self.controller.handler
+        from support.sink import _CountingSMTP
+
+        self.controller.factory = lambda: _CountingSMTP(  # type: ignore[method-assign]
+            handler, hostname=f"sink-{host}", enable_SMTPUTF8=True, decode_data=False,
+            tls_context=ctx, require_starttls=False)
+
+
+def test_opportunistic_starttls_to_the_next_hop(tmp_path: Path, sink_port: int) -> None:
+    from relay.tls import _make_self_signed
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    _make_self_signed("sink.test", cert, key)
+    sink = _TlsSink("127.0.0.3", sink_port, cert, key).start()
+    relay = smarthost_relay(tmp_path, sink_port)
+    try:
+        with relay:
+            send(relay, "alice@example.test", ["t@far.test"], "tls")
+            got = wait_for(lambda: sink.for_recipient("t@far.test"))
+            assert got[0].tls
+            wait_for(lambda: "delivered to=<t@far.test>" in relay.log_text())
+            assert "tls=yes" in relay.log_text()
+    finally:
+        sink.stop()
+
+
+def test_message_over_the_peer_size_limit_bounces_5_3_4(tmp_path: Path, sink_port: int) -> None:
+    sink = Sink("127.0.0.3", sink_port)
+    sink.controller.factory = (lambda f=sink.controller.factory: _sized(f()))  # type: ignore
+    sink.start()
+    relay = smarthost_relay(tmp_path, sink_port)
+    try:
+        with relay:
+            send(relay, "alice@example.test", ["big@far.test"], "too big", "x" * 5000 + "\r\n")
+            dsn = wait_for(lambda: dsns_for(relay, "alice@example.test", "too big"))[0]
+            assert status_groups(dsn)[0]["status"] == "5.3.4"
+            assert not sink.for_recipient("big@far.test")
+            assert maildir(relay, "alice@example.test")
+    finally:
+        sink.stop()
+
+
+def _sized(smtp):  # type: ignore[no-untyped-def]
+    smtp.data_size_limit = 1000  # announced as SIZE 1000 (RFC 1870)
+    return smtp
+
