@@ -1,6 +1,7 @@
 """Small helpers shared by the harness: ports, temp dirs, percentiles, process control."""
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import signal
@@ -123,7 +124,7 @@ def percentile(sorted_values: list[float], q: float) -> float | None:
     """Nearest-rank percentile of an already sorted list (q in 0..100)."""
     if not sorted_values:
         return None
-    k = max(0, min(len(sorted_values) - 1, int(round(q / 100.0 * len(sorted_values) + 0.5)) - 1))
+    k = max(0, min(len(sorted_values) - 1, math.ceil(q / 100.0 * len(sorted_values)) - 1))
     return sorted_values[k]
 
 
@@ -133,3 +134,73 @@ def tail(path: Path, n: int = 20) -> str:
     except OSError:
         return ""
     return "\n".join(lines[-n:])
+
+
+# ------------------------------------------------------------------ one run at a time, no leftovers
+
+_LOCK_FD: int | None = None
+
+
+def acquire_run_lock() -> None:
+    """One benchmark at a time on this checkout (two would share the 2 cores and spoil
+    each other's figures). Held until the process exits."""
+    global _LOCK_FD
+    import fcntl
+    fd = os.open(tmp_root() / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise BenchError("another benchmark run holds bench/results/tmp/.lock; wait for it to finish") from None
+    _LOCK_FD = fd
+
+
+def _start_time(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def record_pid(base: Path, pid: int) -> None:
+    """Remember a process we started (pid + start time, so a reused pid is never hit)."""
+    st = _start_time(pid)
+    if st:
+        with open(base / "pids", "a") as f:
+            f.write(f"{pid} {st}\n")
+
+
+def reap_stale(log=print) -> None:
+    """Stop what a killed earlier run left behind under bench/results/tmp (call with the
+    run lock held): private Postfix instances and processes recorded by record_pid()."""
+    for d in sorted(tmp_root().iterdir()):
+        if not d.is_dir():
+            continue
+        if (d / "etc" / "main.cf").exists():
+            pidfile = d / "spool" / "pid" / "master.pid"
+            if pidfile.exists():
+                log(f"bench: stopping a leftover private Postfix in {d}")
+                for action in ("stop", "abort"):
+                    subprocess.run(["/usr/sbin/postfix", "-c", str(d / "etc"), action],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+        try:
+            entries = (d / "pids").read_text().split("\n")
+        except OSError:
+            entries = []
+        for line in entries:
+            try:
+                pid, st = line.split()
+                pid = int(pid)
+            except ValueError:
+                continue
+            if _start_time(pid) == st:
+                log(f"bench: killing leftover process {pid} from {d.name}")
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+        shutil.rmtree(d, ignore_errors=True)

@@ -88,7 +88,7 @@ class Intake:
         except Exception:  # noqa: BLE001 - the client retries; the session goes on
             log.exception("%s queue write failed", info.session_id)
             return R.LOCAL_PROCESSING_ERROR
-        metrics.MESSAGES_RECEIVED.inc()
+        metrics.TALLY.add(metrics.MESSAGES_RECEIVED)
         log.info("%s %s: received from=<%s> nrcpt=%d size=%d", info.session_id, queue_id,
                  env.sender, len(recipients), env.size)
         if self.on_queued is not None:

@@ -54,6 +54,29 @@ BUILD_INFO = Gauge(
     "relay_build_info", "Build facts: which parser implementation serves",
     ["version", "parser"], multiprocess_mode="max")
 
+class Tally:
+    """Hot-path counts kept as plain ints and pushed to Prometheus by `flush()`.
+
+    In multiprocess mode every Counter.inc() takes a lock, checks getpid() (a system
+    call) and writes an mmap'd file; at thousands of replies a second that was an
+    eighth of the event loop's time. The worker flushes every FLUSH_INTERVAL seconds
+    and at exit, so a scrape is at most that much behind."""
+
+    FLUSH_INTERVAL = 0.5
+
+    def __init__(self) -> None:
+        self._counts: dict[object, float] = {}
+
+    def add(self, child: object, amount: float = 1) -> None:
+        self._counts[child] = self._counts.get(child, 0) + amount
+
+    def flush(self) -> None:
+        counts, self._counts = self._counts, {}
+        for child, amount in counts.items():
+            child.inc(amount)  # type: ignore[attr-defined]
+
+
+TALLY = Tally()
 _reply_children: dict[int, Counter] = {}
 
 
@@ -61,7 +84,7 @@ def count_reply(code: int) -> None:
     child = _reply_children.get(code)
     if child is None:
         child = _reply_children[code] = SMTP_REPLIES.labels(code=str(code))
-    child.inc()
+    TALLY.add(child)
 
 
 class QueueCollector:

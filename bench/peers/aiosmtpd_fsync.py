@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from bench.util import (LOOPBACK, REPO, BenchError, check_loopback, free_port, make_tmpdir,
-                        rmtree, stop_process, tail, wait_port)
+                        record_pid, rmtree, stop_process, tail, wait_port)
 
 
 class FsyncHandler:
@@ -107,6 +107,7 @@ class AiosmtpdPeer:
         self.keep = keep
         self.base: Path | None = None
         self.proc: subprocess.Popen | None = None
+        self.stored = 0
 
     @property
     def spool(self) -> Path:
@@ -126,6 +127,7 @@ class AiosmtpdPeer:
              "--port", str(self.port), "--dir", str(self.spool)],
             cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
+        record_pid(self.base, self.proc.pid)
         try:
             wait_port(self.host, self.port, 20, self.proc)
         except BenchError as exc:
@@ -135,11 +137,17 @@ class AiosmtpdPeer:
         return self
 
     def settle(self, timeout: float = 30.0) -> int:
-        """Between cells: empty the spool so the disk does not fill up."""
+        """Between measurements: count the stored messages, then empty the spool so the
+        disk does not fill up."""
         if self.base is not None:
+            self.stored += sum(1 for e in os.scandir(self.spool) if e.name.endswith(".msg"))
             shutil.rmtree(self.spool, ignore_errors=True)
             self.spool.mkdir(exist_ok=True)
         return 0
+
+    def accounted(self) -> int:
+        """Messages stored (and fsync'ed) so far, as counted by settle()."""
+        return self.stored
 
     def stop(self) -> None:
         stop_process(self.proc, 10)

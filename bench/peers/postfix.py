@@ -25,7 +25,7 @@ from dataclasses import dataclass, asdict
 from pathlib import Path
 
 from bench.util import (LOOPBACK, BenchError, check_loopback, free_port, make_tmpdir,
-                        rmtree, stop_process, tail, wait_port)
+                        record_pid, rmtree, stop_process, tail, wait_port)
 
 PACKAGE = "postfix"
 SBIN = Path("/usr/sbin")
@@ -74,7 +74,11 @@ def ensure_postfix(log=print) -> None:
 # --------------------------------------------------------------------------- smtp-sink
 
 class SmtpSink:
-    """``smtp-sink`` on a free loopback port; accepts everything, writes nothing to disk."""
+    """``smtp-sink`` on a free loopback port; accepts everything, writes nothing to disk.
+
+    ``count()`` is the number of messages it has received so far (from its ``-c``
+    counters, written to a small file in a temp dir).
+    """
 
     def __init__(self, port: int | None = None, backlog: int = 1024, pipelining: bool = True):
         self.host = LOOPBACK
@@ -83,17 +87,22 @@ class SmtpSink:
         self.pipelining = pipelining
         self.proc: subprocess.Popen | None = None
         self.name = "smtp-sink"
+        self.base: Path | None = None
 
     def start(self) -> "SmtpSink":
         ensure_postfix()
-        # -u postfix: smtp-sink insists on dropping root; -m: simultaneous connections;
-        # -p: do not announce PIPELINING (only if asked).
-        cmd = [_tool("smtp-sink"), "-u", "postfix", "-m", "512"]
+        check_loopback(self.host)
+        # -c: running counters on stdout; -u postfix: smtp-sink insists on dropping root;
+        # -m: simultaneous connections; -p: do not announce PIPELINING (only if asked).
+        cmd = [_tool("smtp-sink"), "-c", "-u", "postfix", "-m", "512"]
         if not self.pipelining:
             cmd.append("-p")
         cmd += [f"{self.host}:{self.port}", str(self.backlog)]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     start_new_session=True)
+        self.base = make_tmpdir("sink-")
+        with open(self.base / "counters", "wb") as out:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.PIPE,
+                                         start_new_session=True)
+        record_pid(self.base, self.proc.pid)
         try:
             wait_port(self.host, self.port, 10, self.proc)
         except BenchError as exc:
@@ -101,6 +110,20 @@ class SmtpSink:
             self.stop()
             raise BenchError(f"smtp-sink did not start: {exc}\n{err}") from None
         return self
+
+    def count(self) -> int:
+        """Messages received so far."""
+        try:
+            with open(self.base / "counters", "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - 256))
+                found = re.findall(rb"mesg=(\d+)", f.read())
+        except (OSError, TypeError):
+            return 0
+        return int(found[-1]) if found else 0
+
+    def accounted(self) -> int:
+        return self.count()
 
     def _stderr(self) -> str:
         if self.proc and self.proc.poll() is not None and self.proc.stderr:
@@ -110,9 +133,15 @@ class SmtpSink:
     def stop(self) -> None:
         stop_process(self.proc, 5)
         self.proc = None
+        rmtree(self.base)
+        self.base = None
 
     def __enter__(self):
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
 
     def __exit__(self, *exc):
         self.stop()
@@ -322,8 +351,13 @@ class PostfixPeer:
         return self.instance.port
 
     def settle(self, timeout: float = 30.0) -> int:
-        """Between cells: let Postfix finish relaying the previous load to the sink."""
+        """Between measurements: let Postfix finish relaying the load to the sink (bounded).
+        Returns the number of messages still queued."""
         return self.instance.drain(timeout) if self.instance else 0
+
+    def accounted(self) -> int:
+        """Messages Postfix has durably taken so far: delivered to the sink + still queued."""
+        return self.sink.count() + (self.instance.queue_size() if self.instance else 0)
 
     def __enter__(self):
         self.sink.start()

@@ -11,7 +11,8 @@ in relay_networks, so the relay accepts them for relaying: each 250 means the
 message is durably queued. If the relay knows a ``[delivery]`` section (checked with
 ``relay check-config``), it is pointed at an smtp-sink on loopback (``smarthost``)
 with a dead loopback ``nameservers`` entry, exactly like Postfix's relayhost, so
-delivery never leaves 127.0.0.0/8; a relay without delivery just keeps the queue.
+delivery never leaves 127.0.0.0/8. Only a relay that does not know ``[delivery]`` at
+all (so cannot deliver) is run without it; any other refusal stops the benchmark.
 """
 from __future__ import annotations
 
@@ -25,8 +26,8 @@ import time
 from pathlib import Path
 
 from bench.peers.postfix import SmtpSink
-from bench.util import (LOOPBACK, REPO, BenchError, free_port, make_tmpdir, rmtree, tail,
-                        wait_port)
+from bench.util import (LOOPBACK, REPO, BenchError, free_port, make_tmpdir, record_pid, rmtree,
+                        tail, wait_port)
 
 CONFIG_TEMPLATE = """\
 [server]
@@ -74,7 +75,7 @@ class RelayPeer:
         self.proc: subprocess.Popen | None = None
         self.sink: SmtpSink | None = None
         self.delivery = False          # True: [delivery] accepted, relaying to our smtp-sink
-        self.delivered_seen = False    # True once the queue was seen draining to the sink
+        self.last_queue: int | None = None   # queue size at the last settle()
         self.cmd: list[str] = []
 
     @property
@@ -104,6 +105,12 @@ class RelayPeer:
         if r.returncode == 0:
             self.delivery = True
         else:
+            said = r.stdout.decode(errors="replace")
+            if not ("delivery" in said and "unknown section" in said):
+                # A relay that knows [delivery] but refuses ours must not run: it could look
+                # up MX records through the system resolver, off loopback.
+                raise BenchError(f"relay refuses the benchmark's [delivery] section "
+                                 f"(smarthost/nameservers on loopback):\n{said[-1500:]}")
             self.sink.stop()
             self.sink = None
             self.config_path.write_text(self.config_text())
@@ -116,6 +123,7 @@ class RelayPeer:
         with open(logpath, "wb") as log:
             self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, start_new_session=True)
+        record_pid(self.base, self.proc.pid)
         try:
             wait_port(self.host, self.port, self.start_timeout, self.proc)
         except BenchError as exc:
@@ -134,23 +142,32 @@ class RelayPeer:
         except (OSError, ValueError, subprocess.TimeoutExpired):
             return None
 
-    def settle(self, timeout: float = 30.0, stall: float = 2.0) -> int:
-        """With delivery configured: wait while the queue drains to the sink, until it is
-        empty, stops shrinking for ``stall`` seconds (delivery not running), or ``timeout``.
-        Returns the number of messages left in the queue."""
+    def settle(self, timeout: float = 30.0, stall: float = 3.0) -> int:
+        """Between measurements. With delivery to the sink: wait while the queue drains
+        (until empty, no progress for ``stall`` s, or ``timeout``). Returns the number of
+        messages left in the queue (also kept in ``last_queue``)."""
         left = self.queue_count()
-        if not self.delivery or left is None:
-            return left or 0
-        now = time.monotonic()
-        deadline, last_progress, prev = now + timeout, now, left
-        while left and now < deadline and now - last_progress < stall:
-            time.sleep(0.3)
-            left = self.queue_count() or 0
+        if left is not None and self.delivery:
             now = time.monotonic()
-            if left < prev:
-                self.delivered_seen = True
-                prev, last_progress = left, now
-        return left
+            deadline, last_progress, prev = now + timeout, now, left
+            while left and now < deadline and now - last_progress < stall:
+                time.sleep(0.2)
+                left = self.queue_count() or 0
+                now = time.monotonic()
+                if left < prev:
+                    prev, last_progress = left, now
+        self.last_queue = left
+        return left or 0
+
+    def delivered(self) -> int:
+        return self.sink.count() if self.sink else 0
+
+    def accounted(self) -> int | None:
+        """Messages the relay has durably taken so far: delivered to the sink + still queued
+        (as of the last settle()); None when the queue cannot be listed."""
+        if self.last_queue is None:
+            return None
+        return self.delivered() + self.last_queue
 
     def stop(self, timeout: float = 20.0) -> None:
         proc, self.proc = self.proc, None

@@ -9,7 +9,7 @@ import enum
 import itertools
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 
 class MessageState(enum.Enum):
@@ -73,13 +73,15 @@ class Envelope:
     extra: dict[str, str] = field(default_factory=dict)
 
     def to_record(self) -> dict[str, object]:
-        d = asdict(self)
-        d["state"] = self.state.value
-        d["recipients"] = [
-            {"address": r.address, "state": r.state.value, "last_error": r.last_error}
-            for r in self.recipients
-        ]
-        return d
+        return {
+            "id": self.id, "sender": self.sender,
+            "recipients": [{"address": r.address, "state": r.state.value,
+                            "last_error": r.last_error} for r in self.recipients],
+            "arrival": self.arrival, "size": self.size, "smtputf8": self.smtputf8,
+            "client": self.client, "state": self.state.value, "attempts": self.attempts,
+            "next_attempt": self.next_attempt, "last_error": self.last_error,
+            "extra": dict(self.extra),
+        }
 
     @classmethod
     def from_record(cls, d: dict) -> Envelope:  # type: ignore[type-arg]

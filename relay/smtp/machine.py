@@ -76,6 +76,7 @@ class ServerMachine:
         self.errors = 0
         self._buf = bytearray()
         self._out: list[bytes] = []
+        self.reply_codes: list[int] = []  # codes of replies in the outbox, for metrics
         self._events: list[Event] = []
         self._pending = _Pending.NONE
         self._discard_line = False  # inside an over-long command line
@@ -175,6 +176,7 @@ class ServerMachine:
 
     def _reply(self, reply: R.Reply) -> None:
         self._out.append(reply.encode())
+        self.reply_codes.append(reply.code)
 
     def _error(self, reply: R.Reply) -> None:
         self._reply(reply)

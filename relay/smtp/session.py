@@ -79,9 +79,11 @@ class SmtpSession(asyncio.Protocol):
         if (len(lst.sessions) > lst.max_connections
                 or lst.per_ip[address] > lst.max_per_ip or lst.stopping):
             # RFC 5321 §3.8: a server may refuse service with 421 at connection time.
+            metrics.count_reply(R.TOO_MANY_CONNECTIONS.code)
             self._write(R.TOO_MANY_CONNECTIONS.encode())
             self._close()
             return
+        metrics.count_reply(220)
         self._write(self.machine.greeting())
         self._arm_timer()
 
@@ -115,6 +117,7 @@ class SmtpSession(asyncio.Protocol):
         except Exception:  # noqa: BLE001 - a bug must cost one session, not the worker
             log.exception("%s internal error", self.id)
             self._flush()
+            metrics.count_reply(R.LOCAL_ERROR.code)
             self._write(R.LOCAL_ERROR.encode())
             self._close()
 
@@ -157,6 +160,7 @@ class SmtpSession(asyncio.Protocol):
         if task.exception() is not None:
             log.error("%s internal error", self.id, exc_info=task.exception())
             self._flush()
+            metrics.count_reply(R.LOCAL_ERROR.code)
             self._write(R.LOCAL_ERROR.encode())
             self._close()
             return
@@ -190,6 +194,10 @@ class SmtpSession(asyncio.Protocol):
 
     def _flush(self) -> None:
         out = self.machine.data_to_send()
+        codes = self.machine.reply_codes
+        for code in codes:
+            metrics.count_reply(code)
+        codes.clear()
         if out:
             self._write(out)
 
@@ -197,10 +205,6 @@ class SmtpSession(asyncio.Protocol):
         if self.transport is None or self.transport.is_closing():
             return
         self.transport.write(data)
-        # One reply line starts with its code at each CRLF boundary; count them.
-        for line in data.split(b"\r\n"):
-            if len(line) >= 4 and line[3:4] == b" ":
-                metrics.count_reply(int(line[:3]))
 
     def _close(self) -> None:
         self._closing = True

@@ -12,12 +12,25 @@ from support.relay_server import RelayProcess
 
 
 @pytest.fixture(scope="module")
-def tight(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
+def tight_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
     server = RelayProcess(tmp_path_factory.mktemp("tight"), server={"workers": 1},
                           limits={"max_connections": 4, "max_connections_per_ip": 2,
                                   "idle_timeout": 1.0})
     with server:
         yield server
+
+
+@pytest.fixture
+def tight(tight_server: RelayProcess) -> RelayProcess:
+    """The server, once it has noticed that the previous test's clients are gone."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with RawSmtp(tight_server.port) as probe:
+            if probe.greeting.code == 220:
+                break
+        time.sleep(0.05)
+    time.sleep(0.1)  # and the probe itself is gone
+    return tight_server
 
 
 def test_too_many_connections_from_one_ip_is_421_4_7_0(tight: RelayProcess) -> None:
