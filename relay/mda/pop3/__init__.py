@@ -1,0 +1,5 @@
+"""POP3 server (RFC 1939 with CAPA RFC 2449, STLS RFC 2595, AUTH RFC 5034).
+
+machine.py is the sans-I/O dialogue (bytes in, events and response octets out);
+session.py is the asyncio glue that verifies credentials, locks and reads the Maildir.
+"""
