@@ -27,6 +27,7 @@ import sys
 import time
 from pathlib import Path
 
+from bench import e2e
 from bench.loadgen import LoadConfig, run_load
 from bench.peers.aiosmtpd_fsync import AiosmtpdPeer
 from bench.peers.postfix import PostfixPeer, SmtpSink, ensure_postfix, run_smtp_source
@@ -222,17 +223,18 @@ def _f(v, fmt="{:.0f}") -> str:
 
 
 def render_markdown(doc: dict) -> str:
-    results, ratios, status = doc["results"], doc["ratios"], doc["servers"]
-    order = [s for s in doc["options"]["servers"]] + ([CEILING] if doc["options"]["ceiling"] else [])
+    results = doc["results"]
+    order = ([] if doc["options"].get("e2e_only") else
+             [s for s in doc["options"]["servers"]] + ([CEILING] if doc["options"]["ceiling"] else []))
     L = []
     L.append(f"# relay benchmark {doc['started']}")
     h = doc["host"]
     L.append("")
     L.append(f"Host: {h['cpus']} CPUs, {h['kernel']}, Python {h['python']}, Postfix {h['postfix']}, "
              f"aiosmtpd {h['aiosmtpd']}, relay rev {h['git_rev']}. "
-             f"Per measurement: at most {doc['options']['max_messages']} messages "
-             f"({budget(100 * KB, doc['options']['max_messages'])} at 100 KB) or "
-             f"{doc['options']['max_seconds']:.0f} s"
+             + (f"Per measurement: at most {doc['options']['max_messages']} messages "
+                f"({budget(100 * KB, doc['options']['max_messages'])} at 100 KB) or "
+                f"{doc['options']['max_seconds']:.0f} s" if results else "End to end only")
              + (f"; medians of {doc['options']['repeat']} interleaved rounds"
                 if doc["options"].get("repeat", 1) > 1 else "")
              + f". Wall time {doc['seconds']:.0f} s.")
@@ -240,6 +242,15 @@ def render_markdown(doc: dict) -> str:
     if doc["options"].get("postfix_extra_main_cf"):
         L.append(f"Postfix main.cf overrides (not defaults!): {doc['options']['postfix_extra_main_cf']}")
         L.append("")
+    if results:
+        _acceptance_markdown(doc, order, L)
+    if doc.get("e2e"):
+        L += e2e.render_markdown(doc["e2e"])
+    return "\n".join(L)
+
+
+def _acceptance_markdown(doc: dict, order: list[str], L: list[str]) -> None:
+    results, ratios, status = doc["results"], doc["ratios"], doc["servers"]
     L.append("Every 250 counted is durable: Postfix, the relay and the aiosmtpd handler fsync "
              "before replying 250. The ceiling is smtp-sink (no disk).")
     L.append("")
@@ -318,7 +329,6 @@ def render_markdown(doc: dict) -> str:
                           ("msgs_per_s_smtp_source", "msgs_per_s_loadgen", "p50_loadgen", "p99_loadgen"))
              + " |")
     L.append("")
-    return "\n".join(L)
 
 
 # ------------------------------------------------------------------ main
@@ -359,6 +369,17 @@ def parse_args(argv):
                     help="rounds over all servers (interleaved); figures are medians over rounds")
     ap.add_argument("--out", type=Path, default=RESULTS, help="directory for <timestamp>.json/.md")
     ap.add_argument("--keep-tmp", action="store_true", help="keep the peers' temp dirs (debugging)")
+    g = ap.add_argument_group("end-to-end scenario (bench/e2e.py)")
+    g.add_argument("--no-e2e", action="store_true", help="skip the end-to-end scenario")
+    g.add_argument("--e2e-only", action="store_true", help="only the end-to-end scenario")
+    g.add_argument("--e2e-servers", default=",".join(e2e.TARGETS),
+                   help="comma-separated subset of %(default)s (relay: MX lookup via a loopback "
+                        "dnsmasq; relay_smarthost: smarthost; postfix: relayhost)")
+    g.add_argument("--e2e-sessions", default="10,50", help="inbound sessions (--quick: 50)")
+    g.add_argument("--e2e-sizes", default="10", help="message sizes in KB")
+    g.add_argument("--e2e-messages", type=int, default=5000, help="messages per cell")
+    g.add_argument("--e2e-seconds", type=float, default=60.0,
+                   help="per cell: at most this long sending, then at most this long draining")
     ap.add_argument("--postfix-set", action="append", default=[], metavar="KEY=VALUE",
                     help="extra main.cf setting for the private Postfix (experiments; default: none, "
                          "e.g. in_flow_delay=0); recorded in the results")
@@ -375,6 +396,18 @@ def parse_args(argv):
         ap.error(f"unknown server(s) {bad}; choose from {list(SERVERS)}")
     if a.quick:
         a.sessions, a.sizes, a.reuse = "50", "10", "on"
+        a.e2e_sessions, a.e2e_sizes = "50", "10"
+    if a.no_e2e and a.e2e_only:
+        ap.error("--no-e2e and --e2e-only exclude each other")
+    a.e2e_targets = [] if a.no_e2e else [s.strip() for s in a.e2e_servers.split(",") if s.strip()]
+    bad = [s for s in a.e2e_targets if s not in e2e.TARGETS]
+    if bad:
+        ap.error(f"unknown e2e server(s) {bad}; choose from {list(e2e.TARGETS)}")
+    a.e2e_drain_seconds = a.e2e_seconds
+    a.e2e_sessions_list = [int(x) for x in a.e2e_sessions.split(",")]
+    a.e2e_sizes_list = [int(x) * KB for x in a.e2e_sizes.split(",")]
+    if a.e2e_messages < 1 or a.e2e_seconds <= 0 or min(a.e2e_sessions_list) < 1:
+        ap.error("--e2e-messages, --e2e-seconds and --e2e-sessions must be positive")
     a.sessions_list = [int(x) for x in a.sessions.split(",")]
     a.sizes_list = [int(x) * KB for x in a.sizes.split(",")]
     a.reuse_list = {"both": [True, False], "on": [True], "off": [False]}[a.reuse]
@@ -399,17 +432,26 @@ def main(argv=None) -> int:
     except BenchError as exc:
         log(f"bench: {exc}")
         return 2
-    cells = [(size, s, reuse) for size in opts.sizes_list for s in opts.sessions_list
-             for reuse in opts.reuse_list]
+    cells = [] if opts.e2e_only else [(size, s, reuse) for size in opts.sizes_list
+                                      for s in opts.sessions_list for reuse in opts.reuse_list]
+    e2e_cells = [(size, s, True) for size in opts.e2e_sizes_list for s in opts.e2e_sessions_list]
+    # e2e targets follow --servers: relay and relay_smarthost need "relay", postfix "postfix"
+    e2e_targets = [t for t in opts.e2e_targets if t.split("_")[0] in opts.servers]
     started = _dt.datetime.now()
     stamp = started.strftime("%Y%m%d-%H%M%S")
     t0 = time.monotonic()
     rounds: list[dict] = []
+    e2e_rounds: list[dict] = []
     status: dict = {}
-    order = list(opts.servers) + ([] if opts.no_ceiling else [CEILING])
-    log(f"bench: {len(cells)} cell(s) x {order}"
-        + (f" x {opts.repeat} rounds" if opts.repeat > 1 else "")
-        + f"; up to {opts.max_messages} messages or {opts.max_seconds:.0f}s per measurement")
+    e2e_status: dict = {}
+    order = [] if opts.e2e_only else list(opts.servers) + ([] if opts.no_ceiling else [CEILING])
+    if cells:
+        log(f"bench: {len(cells)} cell(s) x {order}"
+            + (f" x {opts.repeat} rounds" if opts.repeat > 1 else "")
+            + f"; up to {opts.max_messages} messages or {opts.max_seconds:.0f}s per measurement")
+    if e2e_targets:
+        log(f"bench: end to end: {len(e2e_cells)} cell(s) x {e2e_targets}; up to {opts.e2e_messages} "
+            f"messages, {opts.e2e_seconds:.0f}s sending + {opts.e2e_drain_seconds:.0f}s draining per cell")
     try:
         for rnd in range(opts.repeat):
             if opts.repeat > 1:
@@ -419,6 +461,11 @@ def main(argv=None) -> int:
                 if status.get(name, {}).get("status", "ok") != "ok":
                     continue          # failed in an earlier round: do not retry
                 measure_server(name, cells, opts, rounds[-1], status)
+            e2e_rounds.append({cell_key(*c): {} for c in e2e_cells})
+            for name in e2e_targets:
+                if e2e_status.get(name, {}).get("status", "ok") != "ok":
+                    continue
+                e2e.measure_target(name, e2e_cells, opts, e2e_rounds[-1], e2e_status)
     except KeyboardInterrupt:
         log("bench: interrupted; servers stopped; writing partial results")
         status["interrupted"] = {"status": "interrupted"}
@@ -430,6 +477,14 @@ def main(argv=None) -> int:
             runs = [r[key][name] for r in rounds if name in r.get(key, {})]
             if runs:
                 results[key][name] = combine_rounds(runs)
+    e2e_results: dict = {}
+    for c in e2e_cells if e2e_targets else []:
+        key = cell_key(*c)
+        e2e_results[key] = {}
+        for name in e2e_targets:
+            runs = [r[key][name] for r in e2e_rounds if name in r.get(key, {})]
+            if runs:
+                e2e_results[key][name] = e2e.combine_rounds(runs)
     ratios = compute_ratios(results)
     gm = {p: {k: geomean(r[p][k] for r in ratios.values()) for k in
               ("msgs_per_s_smtp_source", "msgs_per_s_loadgen", "p50_loadgen", "p99_loadgen")}
@@ -441,12 +496,22 @@ def main(argv=None) -> int:
         "options": {"servers": opts.servers, "ceiling": not opts.no_ceiling, "quick": opts.quick,
                     "sessions": opts.sessions_list, "sizes": opts.sizes_list, "reuse": opts.reuse_list,
                     "max_messages": opts.max_messages, "max_seconds": opts.max_seconds,
-                    "repeat": opts.repeat,
+                    "repeat": opts.repeat, "e2e_only": opts.e2e_only,
                     "postfix_extra_main_cf": opts.postfix_extra},
         "servers": status,
         "results": results,
         "ratios": ratios,
         "geomean": gm,
+        "e2e": {
+            "options": {"targets": e2e_targets, "sizes": opts.e2e_sizes_list,
+                        "sessions": opts.e2e_sessions_list, "reuse": [True],
+                        "messages": opts.e2e_messages, "send_seconds": opts.e2e_seconds,
+                        "drain_seconds": opts.e2e_drain_seconds, "sink_host": e2e.SINK_HOST,
+                        "load_generator": "smtp-source", "sink": "smtp-sink -c"},
+            "servers": e2e_status,
+            "results": e2e_results,
+            "ratios": e2e.compute_ratios(e2e_results),
+        } if e2e_targets else None,
     }
     opts.out.mkdir(parents=True, exist_ok=True)
     jpath = opts.out / f"{stamp}.json"
@@ -463,6 +528,7 @@ def main(argv=None) -> int:
     if "interrupted" in status:
         return 130
     failed = [n for n in order if status.get(n, {}).get("status") != "ok"]
+    failed += [f"e2e {n}" for n in e2e_targets if e2e_status.get(n, {}).get("status") != "ok"]
     if failed:
         log(f"bench: NOT MEASURED: {', '.join(failed)} (see above); exit status 1")
         return 1

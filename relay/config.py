@@ -103,6 +103,13 @@ class DeliveryConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MdaConfig:
+    # Plaintext passwords (LOGIN, USER/PASS, AUTH PLAIN) over unencrypted connections are
+    # refused except from loopback unless this is set (RFC 8314 §3, Dovecot's default).
+    allow_plaintext_auth: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: Path
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -112,6 +119,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    mda: MdaConfig = field(default_factory=MdaConfig)
 
     @property
     def worker_count(self) -> int:
@@ -207,9 +215,10 @@ def parse(raw: dict[str, Any], path: Path) -> Config:
         connection_cache_time=r.duration("delivery", "connection_cache_time",
                                          d.connection_cache_time, allow_zero=True),
     )
+    mda = MdaConfig(allow_plaintext_auth=r.boolean("mda", "allow_plaintext_auth", False))
     r.refuse_unknown()
     return Config(path=path, server=server, listen=listen, tls=tls, relay=relay,
-                  limits=limits, queue=queue, delivery=delivery)
+                  limits=limits, queue=queue, delivery=delivery, mda=mda)
 
 
 class _Reader:

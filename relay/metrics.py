@@ -50,6 +50,14 @@ DNS_LOOKUPS = Counter(
     "relay_dns_lookups_total", "MX/address resolutions by result", ["result"])
 LOCAL_DELIVERIES = Counter(
     "relay_local_deliveries_total", "Messages written to a local Maildir")
+IMAP_SESSIONS_ACTIVE = Gauge(
+    "relay_imap_sessions_active", "Open IMAP sessions", multiprocess_mode="livesum")
+POP3_SESSIONS_ACTIVE = Gauge(
+    "relay_pop3_sessions_active", "Open POP3 sessions", multiprocess_mode="livesum")
+IMAP_COMMANDS = Counter(
+    "relay_imap_commands_total", "IMAP commands processed, by command", ["command"])
+AUTH_FAILURES = Counter(
+    "relay_auth_failures_total", "Failed logins, by protocol", ["protocol"])
 BUILD_INFO = Gauge(
     "relay_build_info", "Build facts: which parser implementation serves",
     ["version", "parser"], multiprocess_mode="max")

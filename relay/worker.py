@@ -23,7 +23,11 @@ from relay.delivery.mx import MxResolver
 from relay.delivery.pool import OutboundPool
 from relay.delivery.route import Router
 from relay.delivery.scheduler import DeliveryScheduler, Policy
+from relay.auth.throttle import ConnectionLimiter
+from relay.mda.login import Authenticator
 from relay.mda.maildir import MaildirStore
+from relay.mda.pop3.session import Pop3Listener, Pop3Session
+from relay.mda.store import MailStore
 from relay.config import Config
 from relay.intake import Intake
 from relay.metrics_endpoint import MetricsEndpoint
@@ -87,6 +91,8 @@ async def _serve(config: Config, index: int) -> None:
     def queue_counts() -> dict[str, int]:
         return dict(store.count_by_state())
 
+    mail = MailStore(data / "mail")
+    authenticator = Authenticator(accounts)
     servers = []
     flushing = loop.create_task(_flush_metrics())
     delivering = loop.create_task(scheduler.run() if config.delivery.enabled
@@ -96,6 +102,18 @@ async def _serve(config: Config, index: int) -> None:
             servers.append(await loop.create_server(
                 lambda: SmtpSession(listener), ep.host, ep.port, reuse_port=True,
                 backlog=BACKLOG))
+        for ep, implicit in [(e, False) for e in config.listen.pop3] + \
+                [(e, True) for e in config.listen.pop3s]:
+            if implicit and tls_context is None:
+                raise OSError(f"pop3s on {ep} needs a TLS certificate")
+            pop3 = Pop3Listener(store=mail, auth=authenticator,
+                                limiter=ConnectionLimiter(config.limits.max_connections,
+                                                          config.limits.max_connections_per_ip),
+                                tls_context=tls_context, implicit_tls=implicit,
+                                allow_plaintext=config.mda.allow_plaintext_auth)
+            servers.append(await loop.create_server(
+                lambda pop3=pop3: Pop3Session(pop3), ep.host, ep.port, reuse_port=True,
+                backlog=BACKLOG, ssl=tls_context if implicit else None))
         for ep in config.listen.metrics:
             servers.append(await loop.create_server(
                 lambda: MetricsEndpoint(queue_counts), ep.host, ep.port, reuse_port=True))

@@ -80,9 +80,10 @@ class SmtpSink:
     counters, written to a small file in a temp dir).
     """
 
-    def __init__(self, port: int | None = None, backlog: int = 1024, pipelining: bool = True):
-        self.host = LOOPBACK
-        self.port = port or free_port()
+    def __init__(self, port: int | None = None, backlog: int = 1024, pipelining: bool = True,
+                 host: str = LOOPBACK):
+        self.host = check_loopback(host)     # e.g. 127.0.0.2 for the end-to-end MX target
+        self.port = port or free_port(self.host)
         self.backlog = backlog
         self.pipelining = pipelining
         self.proc: subprocess.Popen | None = None
@@ -188,10 +189,11 @@ class PostfixInstance:
     name = "postfix"
 
     def __init__(self, sink_port: int, port: int | None = None, base: Path | None = None,
-                 keep: bool = False, extra: dict | None = None):
+                 keep: bool = False, extra: dict | None = None, sink_host: str = LOOPBACK):
         self.extra = dict(extra or {})      # extra main.cf settings (experiments only)
         self.host = LOOPBACK
         self.port = port or free_port()
+        self.sink_host = check_loopback(sink_host)
         self.sink_port = sink_port
         self.base = base
         self.keep = keep
@@ -243,7 +245,7 @@ alias_maps =
 alias_database =
 mynetworks = 127.0.0.0/8
 smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
-relayhost = [{LOOPBACK}]:{self.sink_port}
+relayhost = [{self.sink_host}]:{self.sink_port}
 smtp_bind_address = {LOOPBACK}
 smtpd_banner = $myhostname ESMTP
 message_size_limit = 52428800
@@ -336,8 +338,8 @@ class PostfixPeer:
 
     name = "postfix"
 
-    def __init__(self, keep: bool = False, extra: dict | None = None):
-        self.sink = SmtpSink()
+    def __init__(self, keep: bool = False, extra: dict | None = None, sink_host: str = LOOPBACK):
+        self.sink = SmtpSink(host=sink_host)
         self.instance: PostfixInstance | None = None
         self.keep = keep
         self.extra = extra
@@ -359,10 +361,23 @@ class PostfixPeer:
         """Messages Postfix has durably taken so far: delivered to the sink + still queued."""
         return self.sink.count() + (self.instance.queue_size() if self.instance else 0)
 
+    # end-to-end scenario (bench/e2e.py): cheap probes, polled while the load drains
+    def sink_count(self) -> int:
+        return self.sink.count()
+
+    def queue_len(self) -> int:
+        """Files in Postfix's queue directories (maildrop, incoming, active, deferred, hold)."""
+        return self.instance.queue_size() if self.instance else 0
+
+    def route_text(self) -> str:
+        return (f"relayhost = [{self.sink.host}]:{self.sink.port} (no MX lookup: Postfix uses the "
+                f"system resolver, which must not be used here)")
+
     def __enter__(self):
         self.sink.start()
         try:
-            self.instance = PostfixInstance(self.sink.port, keep=self.keep, extra=self.extra)
+            self.instance = PostfixInstance(self.sink.port, keep=self.keep, extra=self.extra,
+                                            sink_host=self.sink.host)
             self.instance.__enter__()
         except BaseException:
             self.sink.stop()

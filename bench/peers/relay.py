@@ -13,6 +13,13 @@ message is durably queued. If the relay knows a ``[delivery]`` section (checked 
 with a dead loopback ``nameservers`` entry, exactly like Postfix's relayhost, so
 delivery never leaves 127.0.0.0/8. Only a relay that does not know ``[delivery]`` at
 all (so cannot deliver) is run without it; any other refusal stops the benchmark.
+
+``RelayPeer(route="mx")`` is the end-to-end set-up (bench/e2e.py): no smarthost;
+``[delivery] nameservers`` is a loopback dnsmasq (bench/peers/dns.py) whose
+``sink.test MX 10 mx.sink.test``, ``mx.sink.test A 127.0.0.2`` points at an smtp-sink
+on 127.0.0.2, and ``[delivery] port`` is that sink's port. ``route="smarthost"`` with
+``sink_host="127.0.0.2"`` is the like-for-like variant (same sink address, no MX lookup,
+like Postfix's relayhost). Both need ``[delivery]``: a relay without it is not run.
 """
 from __future__ import annotations
 
@@ -25,6 +32,7 @@ import sys
 import time
 from pathlib import Path
 
+from bench.peers.dns import LoopbackDns
 from bench.peers.postfix import SmtpSink
 from bench.util import (LOOPBACK, REPO, BenchError, free_port, make_tmpdir, record_pid, rmtree,
                         tail, wait_port)
@@ -46,9 +54,19 @@ max_message_size = 52428800
 
 DELIVERY_TEMPLATE = """
 [delivery]
-smarthost = "{host}:{sink_port}"
+smarthost = "{sink_host}:{sink_port}"
 nameservers = ["{host}:{dns_port}"]
 """
+
+# end to end: the sink is found through MX records served by a loopback dnsmasq
+MX_DELIVERY_TEMPLATE = """
+[delivery]
+nameservers = ["{nameserver}"]
+port = {sink_port}
+"""
+
+E2E_DOMAIN = "sink.test"                 # the recipients' domain (smtp-source/loadgen default)
+E2E_MX = "mx.sink.test"
 
 
 def relay_command() -> list[str]:
@@ -66,7 +84,14 @@ def relay_command() -> list[str]:
 class RelayPeer:
     name = "relay"
 
-    def __init__(self, keep: bool = False, start_timeout: float = 30.0):
+    def __init__(self, keep: bool = False, start_timeout: float = 30.0, route: str = "smarthost",
+                 sink_host: str = LOOPBACK):
+        if route not in ("smarthost", "mx"):
+            raise ValueError(f"route must be 'smarthost' or 'mx', not {route!r}")
+        self.route = route
+        self.sink_host = sink_host
+        self.dns: LoopbackDns | None = None
+        self._qstore = None                  # read-only view of the queue (queue_len)
         self.host = LOOPBACK
         self.port = free_port()
         self.keep = keep
@@ -84,10 +109,22 @@ class RelayPeer:
 
     def config_text(self, delivery_sink: int | None = None) -> str:
         text = CONFIG_TEMPLATE.format(data_dir=self.base / "data", host=self.host, port=self.port)
-        if delivery_sink:
-            text += DELIVERY_TEMPLATE.format(host=self.host, sink_port=delivery_sink,
-                                             dns_port=free_port())
+        if delivery_sink and self.dns is not None:
+            text += MX_DELIVERY_TEMPLATE.format(nameserver=self.dns.nameserver,
+                                                sink_port=delivery_sink)
+        elif delivery_sink:
+            # nameservers: a dead loopback port, so nothing can ever reach the system resolver
+            text += DELIVERY_TEMPLATE.format(host=self.host, sink_host=self.sink_host,
+                                             sink_port=delivery_sink, dns_port=free_port())
         return text
+
+    def route_text(self) -> str:
+        if self.route == "mx" and self.dns is not None and self.sink is not None:
+            return (f"MX lookup via dnsmasq {self.dns.nameserver}: {E2E_DOMAIN} MX {E2E_MX} -> "
+                    f"{self.sink.host}, [delivery] port = {self.sink.port}")
+        if self.sink is not None:
+            return f"[delivery] smarthost = {self.sink.host}:{self.sink.port} (no MX lookup)"
+        return "no delivery"
 
     def _check_config(self) -> subprocess.CompletedProcess:
         return subprocess.run(self.cmd + ["check-config", "-c", str(self.config_path)], cwd=REPO,
@@ -99,13 +136,18 @@ class RelayPeer:
         (self.base / "data").mkdir()
         # Prefer a config with delivery to a loopback smtp-sink; fall back to the plain one
         # for a relay that does not know [delivery] yet.
-        self.sink = SmtpSink().start()
+        self.sink = SmtpSink(host=self.sink_host).start()
+        if self.route == "mx":
+            self.dns = LoopbackDns({E2E_DOMAIN: (E2E_MX, self.sink.host)}).start()
         self.config_path.write_text(self.config_text(self.sink.port))
         r = self._check_config()
         if r.returncode == 0:
             self.delivery = True
         else:
             said = r.stdout.decode(errors="replace")
+            if self.route == "mx":
+                raise BenchError(f"relay refuses the end-to-end [delivery] section "
+                                 f"(nameservers/port on loopback):\n{said[-1500:]}")
             if not ("delivery" in said and "unknown section" in said):
                 # A relay that knows [delivery] but refuses ours must not run: it could look
                 # up MX records through the system resolver, off loopback.
@@ -162,6 +204,33 @@ class RelayPeer:
     def delivered(self) -> int:
         return self.sink.count() if self.sink else 0
 
+    # end-to-end scenario (bench/e2e.py): cheap probes, polled while the load drains
+    def sink_count(self) -> int:
+        return self.delivered()
+
+    def queue_len(self) -> int | None:
+        """Messages in the queue, cheaply: the LMDB entry count of the queue's envelope
+        table through a read-only environment in this process (the relay's own
+        ``QueueStore``); falls back to ``relay queue list --json`` (a process per call)
+        when that cannot be opened. None if neither works."""
+        if self._qstore is None:
+            try:
+                from relay.queue.store import QueueStore
+                path = self.base / "data" / "queue"
+                if (path / "data.mdb").exists():
+                    self._qstore = QueueStore(path, readonly=True)
+            except Exception:
+                self._qstore = False
+        if self._qstore:
+            try:
+                return len(self._qstore)
+            except Exception:
+                pass
+        return self.queue_count()
+
+    def dns_queries(self) -> int | None:
+        return self.dns.queries() if self.dns is not None else None
+
     def accounted(self) -> int | None:
         """Messages the relay has durably taken so far: delivered to the sink + still queued
         (as of the last settle()); None when the queue cannot be listed."""
@@ -170,6 +239,12 @@ class RelayPeer:
         return self.delivered() + self.last_queue
 
     def stop(self, timeout: float = 20.0) -> None:
+        if self._qstore:
+            try:
+                self._qstore.close()
+            except Exception:
+                pass
+        self._qstore = None
         proc, self.proc = self.proc, None
         if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGTERM)  # graceful: the relay stops its own workers
@@ -190,6 +265,9 @@ class RelayPeer:
         if self.sink is not None:
             self.sink.stop()
             self.sink = None
+        if self.dns is not None:
+            self.dns.stop()
+            self.dns = None
         if not self.keep:
             rmtree(self.base)
 

@@ -21,11 +21,13 @@ file renames and unlinks in a folder happen while holding it, so a scan made und
 sees a cur/ that only outside tools can change. Readers never block. A scan is skipped
 while new/ and cur/ keep the mtimes recorded at the last scan and those are older than
 MTIME_SLACK_NS (a change within the same timestamp tick would not move the mtime: the
-rule Dovecot uses). So checking for changes costs two stat()s and one LMDB read, cheap
+rule Dovecot uses). So checking for changes costs three stat()s and one LMDB read, cheap
 enough for an IDLE loop polling each second. What would break it: renaming or unlinking
 files in cur/ without holding the write transaction (a scan might then miss a file that
 readdir skipped mid-rename and expunge it, giving it a new UID later); opening one
-environment twice in one process (use MailboxIndex.open, which shares it).
+environment twice in one process (use MailboxIndex.open, which shares it). An index
+deleted under running servers is noticed (data.mdb's inode, checked at each refresh) and
+reopened, so processes do not keep numbering in a stale copy.
 
 Imports: lmdb, stdlib, relay.mda.maildir.
 """
@@ -212,6 +214,15 @@ class IndexTxn:
 
     # ---- reconciliation with the Maildir --------------------------------------------------
 
+    def refresh(self, key: bytes, path: Path) -> FolderState:
+        """scan() unless the folder's directories are unchanged since the last one (write
+        transaction only: run before acting on flags another tool may have changed)."""
+        st = self.folder(key)
+        if st is not None and is_current(st, _mtime_ns(path / "new"), _mtime_ns(path / "cur"),
+                                         time.time_ns()):
+            return st
+        return self.scan(key, path)
+
     def scan(self, key: bytes, path: Path) -> FolderState:
         """Make the folder's index match the Maildir at `path` (write transaction only).
         Raises FileNotFoundError when the folder's directory is gone."""
@@ -245,6 +256,11 @@ class IndexTxn:
             self.add(key, name, maildir.flags_of(name), s.st_size, s.st_mtime)
         self.record_mtimes(key, new_mtime, cur_mtime)
         return self._require(key)
+
+
+def _identity(index_dir: Path) -> tuple[int, int]:
+    st = os.stat(index_dir / "data.mdb")
+    return st.st_dev, st.st_ino
 
 
 def _mtime_ns(path: Path) -> int:
@@ -287,7 +303,7 @@ _registry: dict[Path, tuple[MailboxIndex, int]] = {}
 class MailboxIndex:
     """The index environment of one account's Maildir; one per process (see `open`)."""
 
-    INITIAL_MAP = 64 << 20
+    INITIAL_MAP = 1 << 30  # address space only: the file grows with the data
 
     @classmethod
     def open(cls, root: Path) -> MailboxIndex:
@@ -336,6 +352,7 @@ class MailboxIndex:
                 elif version != SCHEMA_VERSION:
                     raise ValueError(f"index schema {version!r} is not {SCHEMA_VERSION!r}")
             self.meta_db = meta
+            self._identity = _identity(path)
         except BaseException:
             self.env.close()
             raise
@@ -354,6 +371,23 @@ class MailboxIndex:
             broken = self.root / INDEX_DIR
             shutil.rmtree(broken, ignore_errors=True)
             self._open()
+
+    def _reopen_if_replaced(self) -> None:
+        """An index deleted or replaced while we run (an operator's rm -rf) is reopened,
+        so every process converges on the new one; views of the old one then fail their
+        UIDVALIDITY check."""
+        with self._lock:
+            try:
+                current = _identity(self.root / INDEX_DIR)
+            except FileNotFoundError:
+                current = None
+            if current == self._identity:
+                return
+            self.env.close()
+            try:
+                self._open()
+            except (lmdb.Error, ValueError, struct.error):
+                self._rebuild()
 
     def _close(self) -> None:
         with self._lock:
@@ -377,9 +411,11 @@ class MailboxIndex:
             txn = self._begin(write=True)
             try:
                 yield IndexTxn(self, txn)
-            except BaseException:
+            except BaseException as exc:
                 txn.abort()
-                raise
+                if isinstance(exc, lmdb.MapFullError):  # one huge transaction (a first
+                    self.env.set_mapsize(self.env.info()["map_size"] * 2)  # scan): room
+                raise  # for the caller's retry
             txn.commit()
 
     def _begin(self, write: bool) -> lmdb.Transaction:
@@ -419,12 +455,18 @@ class MailboxIndex:
             return r.folder(key)
 
     def refresh(self, key: bytes, path: Path) -> FolderState:
-        """The folder's state after picking up any change on disk: two stat()s and one
+        """The folder's state after picking up any change on disk: three stat()s and one
         read when nothing changed, a scan under the write lock otherwise. Raises
         FileNotFoundError when the folder's directory is gone."""
+        self._reopen_if_replaced()
         new_mtime, cur_mtime = _mtime_ns(path / "new"), _mtime_ns(path / "cur")
         st = self.state(key)
         if st is not None and is_current(st, new_mtime, cur_mtime, time.time_ns()):
             return st
-        with self.writing() as w:
-            return w.scan(key, path)
+        for _ in range(16):
+            try:
+                with self.writing() as w:
+                    return w.scan(key, path)
+            except lmdb.MapFullError:  # the map has doubled; a scan is safe to repeat
+                continue
+        raise lmdb.MapFullError("index map still full after growing")

@@ -442,14 +442,14 @@ class Folder:
         """Pick up what changed since this view's last sync: deliveries (moved new/ ->
         cur/ and numbered in arrival order), expunges and flag changes by other sessions,
         processes or Maildir tools. The first call returns every message as added. When
-        nothing changed it costs two stat()s and one index read (fit for IDLE polling).
+        nothing changed it costs three stat()s and one index read (fit for IDLE polling).
         Raises StoreError(NONEXISTENT) when the mailbox went away or was replaced."""
-        self._refresh()
+        st = self._refresh()
+        if self._synced and (st.uidnext, st.highestmodseq) == (self._uidnext,
+                                                               self._highestmodseq):
+            return Changes([], [], [], st.uidnext, st.highestmodseq)
         with self._index.reading() as r:
             st = self._check(r)
-            if self._synced and (st.uidnext, st.highestmodseq) == (self._uidnext,
-                                                                   self._highestmodseq):
-                return Changes([], [], [], st.uidnext, st.highestmodseq)
             view = {e.uid: _message(e) for e in r.entries(self.uidvalidity)}
         old = self._view
         added = [m for uid, m in view.items() if uid not in old]
@@ -506,7 +506,7 @@ class Folder:
         """The message file opened for reading, retrying across concurrent renames."""
         for _ in range(3):
             try:
-                return open(self.path(uid), "rb")
+                return self.path(uid).open("rb")
             except FileNotFoundError:
                 continue
         raise KeyError(uid)
@@ -530,6 +530,7 @@ class Folder:
         changed: list[Message] = []
         with self._index.writing() as w:
             self._check(w)
+            w.refresh(self._key, self._path)  # act on the flags in the file names now
             for uid in sorted(set(uids) & self._view.keys()):
                 for attempt in range(2):
                     e = w.entry(self.uidvalidity, uid)
@@ -583,6 +584,7 @@ class Folder:
         transaction, so the target gets every message or none. Returns (source uid, new
         uid) pairs (RFC 4315 COPYUID); messages expunged meanwhile are skipped."""
         target = dest if isinstance(dest, Folder) else self.account.folder(dest)
+        self._refresh()  # copy the flags as they are now
         staged: list[tuple[Entry, str, Path]] = []
         try:
             for uid in sorted(set(uids) & self._view.keys()):
@@ -646,6 +648,7 @@ class Folder:
         gone: list[int] = []
         with self._index.writing() as w:
             self._check(w)
+            w.refresh(self._key, self._path)  # \Deleted as the file names say now
             for uid in sorted(set(uids) & self._view.keys()):
                 for attempt in range(2):
                     e = w.entry(self.uidvalidity, uid)

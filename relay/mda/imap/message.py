@@ -30,9 +30,11 @@ MAX_DEPTH = 48
 _BLANK_LINE = re.compile(rb"\n\r?\n")
 _QUOTED_SPECIALS = frozenset(b'"\\')
 _LITERAL_NEEDED = frozenset(range(0x80, 0x100)) | {0x0A, 0x0D}
-_TOKEN_TYPE = re.compile(r"\s*([!#$%&'*+\-.^_`|~0-9A-Za-z]+)\s*/\s*([!#$%&'*+\-.^_`|~0-9A-Za-z]+)\s*")
+_TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"  # RFC 2045 §5.1 token
+_TOKEN_TYPE = re.compile(rf"\s*({_TOKEN})\s*/\s*({_TOKEN})\s*")
 _ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([QqBb])\?([^?\s]*)\?=")
 _ENCODED_GAP = re.compile(r"[ \t\r\n]*")
+_B64_WORD = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 _B64_JUNK = re.compile(rb"[^A-Za-z0-9+/]")
 _IDENTITY_ENCODINGS = ("", "7bit", "8bit", "binary")
 
@@ -163,6 +165,8 @@ def decode_words(text: str) -> str:
 
 def _decode_word(encoding: str, payload: str) -> bytes:
     if encoding in "Bb":
+        if not _B64_WORD.fullmatch(payload):
+            raise ValueError("bad base64 in encoded word")
         data = payload.encode("ascii")
         return binascii.a2b_base64(data + b"=" * (-len(data) % 4))
     # RFC 2047 §4.2: "_" is a space, =XX an octet.
@@ -339,8 +343,9 @@ def _split_header(raw: bytes, start: int, end: int) -> tuple[int, int]:
 def _split_multipart(raw: bytes, start: int, end: int, boundary: bytes) -> list[tuple[int, int]]:
     """Ranges of the body parts of the multipart body raw[start:end] (RFC 2046 §5.1.1).
 
-    A delimiter is a line beginning with "--" boundary (like Dovecot, only the beginning must
-    match); the line break before it belongs to the delimiter, not to the part. A missing
+    A delimiter line is "--" boundary, then "--" for the close delimiter (anything after it is
+    ignored), else only transport padding (whitespace), so boundary "b1" does not match a line
+    "--b12". The line break before it belongs to the delimiter, not to the part. A missing
     close delimiter ends the last part at the end of the body.
     """
     delim = b"--" + boundary
@@ -351,9 +356,15 @@ def _split_multipart(raw: bytes, start: int, end: int, boundary: bytes) -> list[
         i = raw.find(delim, pos, end)
         if i < 0:
             break
+        pos = i + 1
         if i != start and raw[i - 1] != 0x0A:
-            pos = i + 1
-            continue
+            continue  # not at the start of a line
+        nl = raw.find(b"\n", i, end)
+        line_end = end if nl < 0 else nl + 1
+        after = i + len(delim)
+        closing = raw.startswith(b"--", after, end)
+        if not closing and raw[after:line_end].strip(b" \t\r\n"):
+            continue  # "--b12" is not a delimiter of boundary "b1"
         if part_start is not None:
             part_end = i
             if part_end > part_start and raw[part_end - 1] == 0x0A:
@@ -361,10 +372,9 @@ def _split_multipart(raw: bytes, start: int, end: int, boundary: bytes) -> list[
                 if part_end > part_start and raw[part_end - 1] == 0x0D:
                     part_end -= 1
             ranges.append((part_start, part_end))
-        if raw.startswith(b"--", i + len(delim), end):
-            return ranges  # close delimiter: the rest is epilogue
-        nl = raw.find(b"\n", i, end)
-        part_start = pos = end if nl < 0 else nl + 1
+        if closing:
+            return ranges  # the rest is epilogue
+        part_start = pos = line_end
     if part_start is not None:
         ranges.append((part_start, end))
     return ranges

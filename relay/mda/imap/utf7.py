@@ -4,7 +4,8 @@ Printable US-ASCII other than "&" stands for itself, "&" is written "&-", and an
 characters is UTF-16BE in modified BASE64 ("," instead of "/", no padding) between "&" and "-".
 Decoding rejects everything a conforming encoder cannot produce (so a name has one spelling):
 octets outside 0x20-0x7e, an unterminated or empty shift, bad BASE64, non-zero padding bits, a
-shift spelling a printable ASCII character, and broken surrogate pairs.
+shift spelling a printable ASCII character, two adjacent shifts, and broken surrogate
+pairs.
 
 Imports: stdlib only (binascii).
 """
@@ -81,6 +82,9 @@ def decode(name: str | bytes) -> str:
             continue
         out.append(_decode_shift(name[i + 1 : end]))
         i = end + 1
+        if name.startswith("&", i) and not name.startswith("&-", i):
+            # Two adjacent shifts: an encoder writes one (Dovecot rejects this too).
+            raise ValueError("adjacent '&...-' shifts")
     return "".join(out)
 
 

@@ -32,7 +32,6 @@ from relay.auth.sasl import (
     MECHANISMS,
     Challenge,
     Credentials,
-    SaslError,
     SaslErrorKind,
     SaslExchange,
     SaslResult,

@@ -796,7 +796,7 @@ def test_top_body_matches_the_reference(data: bytes, n: int) -> None:
 
 
 _COMMANDS = [
-    b"USER " + USER.encode(), b"USER bob", b"PASS " + PASSWORD.encode(), b"PASS wrong",
+    LOGIN.rstrip(b"\r\n"), b"USER " + USER.encode(), b"USER bob", b"PASS " + PASSWORD.encode(), b"PASS wrong",
     b"AUTH", b"AUTH PLAIN", b"AUTH PLAIN " + b64(f"\0{USER}\0{PASSWORD}".encode()),
     b"AUTH LOGIN", b64(USER.encode()), b64(PASSWORD.encode()), b"*", b"=", b"AUTH X",
     b"STAT", b"LIST", b"LIST 1", b"LIST 9", b"UIDL", b"UIDL 2", b"RETR 1", b"RETR 2",
@@ -804,6 +804,8 @@ _COMMANDS = [
     b"NOOP", b"CAPA", b"STLS", b"APOP a b", b"QUIT", b"XYZZY", b"", b"x" * 300, b"\xff\x00",
     b".", b"+OK", b"list 2", b"TOP 2 99",
 ]
+_TRANSACTION_COMMANDS = [b"RETR 1", b"RETR 2", b"RETR 3", b"TOP 1 1", b"TOP 3 0", b"DELE 1",
+                         b"DELE 3", b"LIST", b"UIDL", b"STAT", b"RSET", b"QUIT"]
 
 
 def check_stream(out: bytes) -> None:
@@ -835,18 +837,20 @@ def check_stream(out: bytes) -> None:
 _FUZZ_MESSAGES = [MSG1, MSG2, MSG3, b"", b".", b"..\r\n.\r\n", b"x\r\n.\n\n.."]
 
 
+@pytest.mark.parametrize("start", ["fresh", "logged_in", "no_plaintext_tls"])
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(commands=st.lists(st.tuples(st.sampled_from(_COMMANDS) | st.binary(max_size=20),
+@given(commands=st.lists(st.tuples(st.sampled_from(_TRANSACTION_COMMANDS)
+                                   | st.sampled_from(_COMMANDS) | st.binary(max_size=20),
                                    st.sampled_from([b"\r\n", b"\n", b"\r\n\r\n"])),
                          max_size=30),
        cuts=st.lists(st.integers(min_value=0, max_value=2000), max_size=8),
-       rnd=st.randoms(use_true_random=False),
-       plaintext=st.booleans(), tls_available=st.booleans())
+       rnd=st.randoms(use_true_random=False))
 def test_random_command_streams_never_break_the_machine(
-        commands: list[tuple[bytes, bytes]], cuts: list[int], rnd: random.Random,
-        plaintext: bool, tls_available: bool) -> None:
-    m = Pop3Machine(plaintext_allowed=plaintext, tls_available=tls_available)
-    stream = b"".join(c + end for c, end in commands)
+        start: str, commands: list[tuple[bytes, bytes]], cuts: list[int],
+        rnd: random.Random) -> None:
+    m = Pop3Machine(plaintext_allowed=start != "no_plaintext_tls",
+                    tls_available=start == "no_plaintext_tls")
+    stream = (LOGIN if start == "logged_in" else b"") + b"".join(c + e for c, e in commands)
     points = sorted({min(c, len(stream)) for c in cuts} | {0, len(stream)})
     chunks = [stream[a:b] for a, b in zip(points, points[1:])] + [b""]
     out = [m.greeting()]
@@ -860,17 +864,17 @@ def test_random_command_streams_never_break_the_machine(
                 break
             assert not closed, "event after Closed"
             if isinstance(event, Authenticate):
-                choice = rnd.randrange(4)
+                choice = rnd.randrange(6)  # 2..4: success
                 if choice == 0:
                     m.auth_failed("invalid user name or password")
                 elif choice == 1:
                     m.auth_failed("try later", temporary=True)
                 else:
                     m.auth_ok()
-                    if choice == 2:
-                        m.open_maildrop(MAILDROP)
-                    else:
+                    if choice == 5:
                         m.auth_failed("mailbox locked", in_use=True)
+                    else:
+                        m.open_maildrop(MAILDROP)
             elif isinstance(event, NeedMessage):
                 assert 0 <= event.index < len(MAILDROP)
                 m.message(rnd.choice(_FUZZ_MESSAGES))
@@ -882,5 +886,5 @@ def test_random_command_streams_never_break_the_machine(
             elif isinstance(event, Closed):
                 closed = True
         out.append(m.data_to_send())
-    assert closed or m.state is not State.CLOSED
+    assert closed and m.state is State.CLOSED  # the final b"" always ends the session
     check_stream(b"".join(out))

@@ -1,0 +1,203 @@
+"""SEARCH evaluation (RFC 3501 §6.4.4): every key, OR/NOT nesting, dates against a fixed
+`now`, and the message octets loaded only when a key needs them."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from relay.mda.imap.parser import CommandReader, Search, SearchKey, SequenceSet
+from relay.mda.imap.search import MessageInfo, matches, needs_message
+
+UTC = dt.UTC
+NOW = dt.datetime(1994, 2, 10, 12, 0, 0, tzinfo=UTC)
+
+RAW = (b"Date: Mon, 7 Feb 1994 21:52:25 -0800\r\n"
+       b"From: Fred Foobar <foobar@Blurdybloop.example>\r\n"
+       b"Subject: =?ISO-8859-1?Q?Caf=E9?= afternoon\r\n"
+       b"To: mooch@owatagu.example\r\n"
+       b"Cc: Smith <smith@example.org>\r\n"
+       b"Bcc: hidden@example.org\r\n"
+       b"Message-Id: <B27397-0100000@Blurdybloop.example>\r\n"
+       b"X-Mailer: Test\r\n"
+       b"X-Empty:\r\n"
+       b"MIME-Version: 1.0\r\n"
+       b"Content-Type: TEXT/PLAIN; CHARSET=ISO-8859-1\r\n"
+       b"Content-Transfer-Encoding: quoted-printable\r\n"
+       b"\r\n"
+       b"Hello Joe, do you think we can meet at 3:30 tomorrow? Cr=E8me br=FBl=E9e.\r\n")
+
+INFO = MessageInfo(seq=3, uid=42, flags=frozenset({"\\Seen", "\\Flagged", "$Work"}),
+                   size=len(RAW), internaldate=dt.datetime(1994, 2, 8, 5, 52, 25, tzinfo=UTC),
+                   modseq=700)
+
+
+class Loader:
+    """Counts how often the message octets are asked for."""
+
+    def __init__(self, raw: bytes = RAW) -> None:
+        self.raw = raw
+        self.calls = 0
+
+    def __call__(self) -> bytes:
+        self.calls += 1
+        return self.raw
+
+
+def program(text: str) -> SearchKey:
+    reader = CommandReader()
+    reader.feed(b"t SEARCH " + text.encode() + b"\r\n")
+    command = reader.next()
+    assert command is not None and isinstance(command.args, Search), command  # type: ignore
+    return command.args.key  # type: ignore[union-attr]
+
+
+def search(text: str, info: MessageInfo = INFO, loader: Loader | None = None) -> bool:
+    return matches(program(text), info, loader or Loader(), NOW, last_seq=10, last_uid=99)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("ALL", True),
+        ("SEEN", True), ("UNSEEN", False),
+        ("FLAGGED", True), ("UNFLAGGED", False),
+        ("ANSWERED", False), ("UNANSWERED", True),
+        ("DELETED", False), ("UNDELETED", True),
+        ("DRAFT", False), ("UNDRAFT", True),
+        ("RECENT", False), ("OLD", True), ("NEW", False),
+        ("KEYWORD $Work", True), ("KEYWORD $work", True), ("KEYWORD $Home", False),
+        ("UNKEYWORD $Home", True), ("UNKEYWORD $Work", False),
+        (f"LARGER {len(RAW) - 1}", True), (f"LARGER {len(RAW)}", False),
+        (f"SMALLER {len(RAW) + 1}", True), (f"SMALLER {len(RAW)}", False),
+        ("UID 42", True), ("UID 1:41,43:*", False), ("UID *", False), ("UID 50:*", False),
+        ("3", True), ("1:2,4:*", False), ("*:3", True), ("*", False),
+        ("MODSEQ 700", True), ("MODSEQ 701", False),
+        ('MODSEQ "/flags/\\\\seen" all 600', True),
+    ],
+)
+def test_keys_on_message_info(text: str, expected: bool) -> None:
+    loader = Loader()
+    assert search(text, loader=loader) is expected
+    assert loader.calls == 0  # cheap keys never read the message
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("FROM foobar", True), ("FROM FRED", True), ("FROM blurdybloop.EXAMPLE", True),
+        ("FROM mooch", False),
+        ("TO mooch", True), ("TO foobar", False),
+        ("CC smith", True), ("BCC hidden", True), ("BCC smith", False),
+        ('SUBJECT "café"', True), ('SUBJECT "CAFÉ AFTER"', True),  # RFC 2047 decoded
+        ("SUBJECT =?ISO", False),
+        ('HEADER Message-ID "<B27397"', True), ("HEADER x-mailer TEST", True),
+        ('HEADER X-Mailer ""', True), ('HEADER X-Empty ""', True),  # any such field
+        ('HEADER X-Absent ""', False), ("HEADER X-Mailer nope", False),
+        ('BODY "meet at 3:30"', True), ('BODY "crème brûlée"', True),  # QP + charset undone
+        ("BODY Cr=E8me", False), ("BODY foobar", False),
+        ("TEXT foobar", True), ('TEXT "brûlée"', True), ("TEXT absent", False),
+    ],
+)
+def test_keys_on_message_text(text: str, expected: bool) -> None:
+    loader = Loader()
+    assert search(text, loader=loader) is expected
+    assert loader.calls == 1
+
+
+def test_search_string_with_charset_matches_decoded_text() -> None:
+    reader = CommandReader()
+    reader.feed(b"t SEARCH CHARSET ISO-8859-1 BODY {5+}\r\ncr\xe8me\r\n")
+    command = reader.next()
+    key = command.args.key  # type: ignore[union-attr]
+    assert matches(key, INFO, Loader(), NOW, last_seq=10, last_uid=99)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # Internal date 8-Feb-1994 (time and timezone disregarded).
+        ("BEFORE 8-Feb-1994", False), ("BEFORE 9-Feb-1994", True),
+        ("ON 8-Feb-1994", True), ("ON 7-Feb-1994", False),
+        ("SINCE 8-Feb-1994", True), ("SINCE 9-Feb-1994", False),
+        # Date: header 7-Feb-1994 in its own zone (-0800).
+        ("SENTBEFORE 7-Feb-1994", False), ("SENTBEFORE 8-Feb-1994", True),
+        ("SENTON 7-Feb-1994", True), ("SENTON 8-Feb-1994", False),
+        ("SENTSINCE 7-Feb-1994", True), ("SENTSINCE 8-Feb-1994", False),
+        # now - internaldate = 2 days 6h 7m 35s = 194855 s (RFC 5032).
+        ("OLDER 194854", True), ("OLDER 194855", False),
+        ("YOUNGER 194855", True), ("YOUNGER 194854", False),
+    ],
+)
+def test_date_keys(text: str, expected: bool) -> None:
+    assert search(text) is expected
+
+
+def test_sent_keys_fall_back_to_internal_date_without_date_header() -> None:
+    loader = Loader(b"Subject: no date\r\n\r\nbody\r\n")
+    assert matches(program("SENTON 8-Feb-1994"), INFO, loader, NOW, last_seq=10, last_uid=99)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('FLAGGED SINCE 1-Feb-1994 NOT FROM "Smith"', True),  # RFC 3501 §6.4.4 example
+        ('FLAGGED SINCE 1-Feb-1994 NOT FROM "Fred"', False),
+        ("OR SEEN DELETED", True), ("OR DELETED ANSWERED", False),
+        ("OR DELETED (FROM fred SUBJECT café)", True),
+        ("NOT NOT SEEN", True), ("NOT (SEEN FLAGGED)", False),
+        ("OR NOT SEEN (OR DELETED NOT UNFLAGGED)", True),
+        ("(SEEN (FLAGGED (UID 42 (3))))", True),
+        ("SEEN UNSEEN", False),
+        ("OR (OR DELETED DRAFT) (NOT OR SEEN DELETED)", False),
+    ],
+)
+def test_nesting(text: str, expected: bool) -> None:
+    assert search(text) is expected
+
+
+def test_cheap_keys_decide_before_the_message_is_loaded() -> None:
+    loader = Loader()
+    assert not search("FROM fred DELETED", loader=loader)  # AND fails on the flag
+    assert loader.calls == 0
+    assert search("OR SUBJECT x SEEN", loader=loader)  # OR succeeds on the flag
+    assert loader.calls == 0
+
+
+def test_message_is_loaded_once_for_many_text_keys() -> None:
+    loader = Loader()
+    assert search("FROM fred TO mooch BODY joe TEXT tomorrow SUBJECT afternoon", loader=loader)
+    assert loader.calls == 1
+
+
+def test_needs_message() -> None:
+    assert not needs_message(program("OR SEEN (UID 1:* NOT LARGER 5)"))
+    assert needs_message(program("OR SEEN (UID 1:* NOT BODY x)"))
+    assert needs_message(program("SENTON 1-Jan-2000"))
+
+
+def test_saved_result_matches_by_uid() -> None:  # RFC 5182
+    key = SearchKey("SEQ", (SequenceSet(saved=True),))
+    assert matches(key, INFO, Loader(), NOW, last_seq=10, last_uid=99, saved_uids={42})
+    assert not matches(key, INFO, Loader(), NOW, last_seq=10, last_uid=99, saved_uids={41})
+
+
+def test_star_is_the_last_message() -> None:
+    last = MessageInfo(seq=10, uid=99, flags=frozenset(), size=1,
+                       internaldate=NOW, modseq=1)
+    assert search("*", last) and search("UID *", last) and search("UID 500:*", last)
+
+
+def test_new_is_recent_and_unseen() -> None:
+    fresh = MessageInfo(seq=1, uid=1, flags=frozenset({"\\Recent"}), size=1, internaldate=NOW)
+    assert search("NEW", fresh) and search("RECENT", fresh) and not search("OLD", fresh)
+
+
+def test_base64_html_body_is_searched_decoded() -> None:
+    raw = (b"Content-Type: multipart/alternative; boundary=a\r\n\r\n--a\r\n"
+           b"Content-Type: text/html; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+           b"PHA+R3LDvMOfZSBhdXMgQmVybGluPC9wPg==\r\n--a--\r\n")
+    assert matches(program('BODY "GRÜSSE"'), INFO, Loader(raw), NOW, last_seq=10, last_uid=99)
+    assert matches(program('TEXT "grüße aus"'), INFO, Loader(raw), NOW, last_seq=10,
+                   last_uid=99)
