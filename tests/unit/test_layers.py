@@ -257,3 +257,20 @@ def test_mda_does_not_import_queue_smtp_or_delivery() -> None:
         return "the MDA only touches mailboxes" if any(under(dotted, b) for b in bad) else None
 
     assert_clean(violations(lambda m: under(m, "relay.mda"), why))
+
+
+MAILBOX_MACHINES = ("relay.mda.pop3.machine", "relay.auth.sasl", "relay.mda.imap.parser",
+                    "relay.mda.imap.message", "relay.mda.imap.search", "relay.mda.imap.utf7")
+
+
+def test_mailbox_protocol_machines_do_no_io() -> None:
+    # DESIGN.md §2: the POP3/IMAP machines and SASL steps are sans-I/O like SMTP's.
+    def why(module: str, dotted: str) -> str | None:
+        if any(under(dotted, bad) for bad in MACHINE_FORBIDDEN):
+            return "protocol machines take no clock, randomness, I/O, config or metrics"
+        if under(dotted, "relay"):
+            ok = any(under(dotted, a) for a in ("relay.auth.sasl", "relay.mda.imap"))
+            return None if ok else "mailbox machines import only auth.sasl and mda.imap.*"
+        return None if top(dotted) in STDLIB else "stdlib only"
+
+    assert_clean(violations(lambda m: m in MAILBOX_MACHINES, why))

@@ -179,9 +179,12 @@ def _decode_charset(data: bytes, charset: str) -> str:
         info = codecs.lookup(charset)
     except (LookupError, ValueError):
         info = None
-    if info is None or not getattr(info, "_is_text_encoding", True):
-        return data.decode("utf-8", "replace")
-    return data.decode(info.name, "replace")
+    if info is not None and getattr(info, "_is_text_encoding", True):
+        try:
+            return data.decode(info.name, "replace")
+        except (UnicodeError, ValueError, TypeError):
+            pass  # codecs such as idna and punycode refuse the "replace" handler
+    return data.decode("utf-8", "replace")
 
 
 # ---- structured header values ---------------------------------------------------------------
@@ -745,7 +748,10 @@ def decode_transfer(data: bytes, encoding: str) -> bytes | None:
     if encoding == "base64":
         clean = _B64_JUNK.sub(b"", data.split(b"=", 1)[0])
         clean = clean[: len(clean) - len(clean) % 4] if len(clean) % 4 == 1 else clean
-        return binascii.a2b_base64(clean + b"=" * (-len(clean) % 4))
+        try:
+            return binascii.a2b_base64(clean + b"=" * (-len(clean) % 4))
+        except binascii.Error:
+            return None
     if encoding == "quoted-printable":
         return binascii.a2b_qp(data)
     return None

@@ -918,8 +918,8 @@ class _Grammar:
             c.sp()
             self.charset = self.astring().decode("latin-1")
             try:
-                known = codecs.lookup(self.charset)._is_text_encoding  # type: ignore[attr-defined]
-            except LookupError:
+                known = codecs.lookup(self.charset)._is_text_encoding
+            except (LookupError, ValueError):
                 known = False
             if not known:
                 raise _Fail(f"unsupported charset {self.charset}", ErrorKind.BAD_CHARSET, "NO",
@@ -938,7 +938,7 @@ class _Grammar:
             return data.decode("utf-8", "replace")
         try:
             return data.decode(self.charset)
-        except (UnicodeDecodeError, LookupError):
+        except (UnicodeError, LookupError, ValueError):
             raise _Fail(f"search string is not valid {self.charset}") from None
 
     def search_key(self, depth: int) -> SearchKey:

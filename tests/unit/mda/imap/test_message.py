@@ -519,6 +519,12 @@ def test_body_text_undoes_transfer_encodings_and_charsets() -> None:
     assert "innér" in text and "nested" in text
 
 
+@pytest.mark.parametrize("charset", ["idna", "punycode", "rot13", "zlib", "x-unknown", ""])
+def test_odd_charsets_fall_back_to_utf8(charset: str) -> None:
+    raw = entity([f"Content-Type: text/plain; charset={charset}".encode()], b"caf\xc3\xa9\r\n")
+    assert "café" in Message(raw).body_text()
+
+
 def test_decode_transfer() -> None:
     assert decode_transfer(b"aGVsbG8=\r\n", "BASE64") == b"hello"
     assert decode_transfer(b"aGVsbG8\r\n", "base64") == b"hello"  # missing padding
