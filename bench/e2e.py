@@ -49,6 +49,7 @@ ROUTES = {
     "relay_smarthost": "smarthost 127.0.0.2 (no MX lookup)",
 }
 POLL = 0.02
+DOUBLE_ATTEMPT = "removed by the operator during delivery"
 
 
 def log(msg: str) -> None:
@@ -105,6 +106,7 @@ def run_cell(peer, size: int, sessions: int, reuse: bool, messages: int, send_se
     s0 = peer.sink_count()
     dq = getattr(peer, "dns_queries", lambda: None)
     d0 = dq()
+    log0 = peer.log_size() if hasattr(peer, "log_count") else None
     t0 = time.monotonic()
     try:
         src = run_smtp_source(peer.host, peer.port, sessions=sessions, messages=messages, size=size,
@@ -137,11 +139,20 @@ def run_cell(peer, size: int, sessions: int, reuse: bool, messages: int, send_se
     out["left_in_queue"] = left
     if d0 is not None:
         out["dns_queries"] = dq() - d0
+    if log0 is not None:
+        # the relay's scheduler logs this when a second attempt of an already delivered
+        # (and removed) message finishes: the trace of a double delivery
+        out["relay_log_removed_during_delivery"] = peer.log_count(DOUBLE_ATTEMPT, log0)
     if not ok:
         out["accounting_error"] = (f"not drained within {drain_seconds:.0f}s after the load: "
                                    f"{delivered} of {n} delivered, {left} still queued")
     elif delivered > n + (q0 or 0):
-        out["accounting_error"] = f"{delivered} delivered for {n} accepted (duplicates?)"
+        out["duplicates"] = delivered - n - (q0 or 0)
+        out["accounting_error"] = (f"the sink counted {delivered} messages for {n} accepted: "
+                                   f"{out['duplicates']} delivered twice")
+        if out.get("relay_log_removed_during_delivery"):
+            out["accounting_error"] += (f" (relay log: {out['relay_log_removed_during_delivery']}x "
+                                        f"'{DOUBLE_ATTEMPT}')")
     elif left:
         out["accounting_error"] = f"sink has all {n} but {left} still listed in the queue"
     if out.get("accounting_error"):
@@ -178,6 +189,7 @@ def measure_target(name: str, cells: list[tuple[int, int, bool]], opts, results:
             s0 = peer.sink_count()
             w = run_load(LoadConfig(host=peer.host, port=peer.port, sessions=10, messages=100,
                                     size=10 * KB, time_limit=10))
+            status[name]["warmup"] = {"ok": w.ok, "failures": w.failures}
             if not wait_drained(peer, s0 + w.ok, 30)[0]:
                 raise BenchError(f"warm-up did not drain: {peer.sink_count() - s0} of {w.ok} "
                                  f"delivered to the sink within 30 s (queue {peer.queue_len()})")
@@ -213,6 +225,7 @@ def combine_rounds(runs: list[dict]) -> dict:
         xs = [r[f] for r in runs if r.get(f) is not None]
         out[f] = statistics.median(xs) if xs else None
     out["complete"] = all(r.get("complete") for r in runs)
+    out["duplicates"] = sum(r.get("duplicates", 0) for r in runs)
     out["rounds"] = [{f: r.get(f) for f in MEDIAN_FIELDS + ("complete",)} for r in runs]
     errs = [r["accounting_error"] for r in runs if r.get("accounting_error")]
     if errs:

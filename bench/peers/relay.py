@@ -228,6 +228,21 @@ class RelayPeer:
                 pass
         return self.queue_count()
 
+    def log_size(self) -> int:
+        try:
+            return (self.base / "relay.log").stat().st_size
+        except (OSError, TypeError):
+            return 0
+
+    def log_count(self, text: str, since: int = 0) -> int:
+        """Lines of the relay's log (from byte ``since`` on) that contain ``text``."""
+        try:
+            with open(self.base / "relay.log", "rb") as f:
+                f.seek(since)
+                return sum(1 for line in f if text.encode() in line)
+        except (OSError, TypeError):
+            return 0
+
     def dns_queries(self) -> int | None:
         return self.dns.queries() if self.dns is not None else None
 

@@ -43,6 +43,7 @@ class OutboundPool:
             lambda: asyncio.Semaphore(max_per_destination))
         self._idle: defaultdict[Destination, list[Connection]] = defaultdict(list)
         self._dns_seen: Counter[str] = Counter()
+        self._resolving: dict[str, asyncio.Future[list[MxHost]]] = {}
         self._opportunistic = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         self._opportunistic.check_hostname = False
         self._opportunistic.verify_mode = ssl.CERT_NONE
@@ -141,8 +142,14 @@ class OutboundPool:
                                  "error") from None
             addresses = tuple(dict.fromkeys(str(info[4][0]) for info in infos))
             return [MxHost(dest.name, 0, addresses)]
+        # Concurrent deliveries to one cold domain share a single lookup.
+        pending = self._resolving.get(dest.name)
+        if pending is None:
+            pending = asyncio.ensure_future(self.resolver.resolve(dest.name))
+            self._resolving[dest.name] = pending
+            pending.add_done_callback(lambda _: self._resolving.pop(dest.name, None))
         try:
-            return await self.resolver.resolve(dest.name)
+            return list(await asyncio.shield(pending))
         finally:
             self._export_dns_counts()
 

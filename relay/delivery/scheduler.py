@@ -182,7 +182,9 @@ class DeliveryScheduler:
             if queue_id in self._in_flight or not self.owns(queue_id):
                 continue
             found = await loop.run_in_executor(None, self.store.get, queue_id)
-            if found is None or found[0].state is MessageState.HOLD:
+            # Re-check: intake may have handed this message over while we were reading it.
+            if (found is None or found[0].state is MessageState.HOLD
+                    or queue_id in self._in_flight or self._stopping):
                 continue
             self._start(*found)
 
