@@ -147,6 +147,7 @@ class _Expect(enum.Enum):
     DATA = "sending DATA command"
     BODY = "sending message body"  # body and "." sent; the final reply is owed
     DOT = "ending an empty DATA phase"  # RFC 2920 §3.1 lone "."
+    BDAT = "sending message body (BDAT)"  # RFC 3030: the whole message in one chunk
     RSET = "sending RSET"
     QUIT = "sending QUIT"
 
@@ -327,7 +328,14 @@ class ClientMachine:
             for i in txn.todo:
                 self._send(_rcpt_command(txn.recipients[i]), _Expect.RCPT, i)
             txn.sent = len(txn.todo)
-            self._send(b"DATA\r\n", _Expect.DATA)
+            if "CHUNKING" in self.extensions:
+                # RFC 3030 §2 with RFC 2920: MAIL, RCPTs and the whole message as one
+                # BDAT LAST chunk in a single write, one round trip per message. No
+                # dot-stuffing in BDAT; line ends are still made CRLF (RFC 5321 §2.3.8).
+                data = crlf_lines(body)
+                self._send(b"BDAT %d LAST\r\n" % len(data) + data, _Expect.BDAT)
+            else:
+                self._send(b"DATA\r\n", _Expect.DATA)
 
     def quit(self) -> None:
         """RFC 5321 §4.1.1.10: send QUIT; Closed follows the reply (or the peer's close).
@@ -498,6 +506,16 @@ class ClientMachine:
             txn.outcomes[i] = self._from_reply(txn.recipients[i], reply)
         self._finish()
 
+    def _on_bdat(self, reply: Reply, _: int) -> None:
+        txn = self._txn
+        assert txn is not None
+        if not (txn.mail_ok and txn.accepted):
+            # RFC 3030 §2: the chunk was read and refused; reset so the connection is reusable.
+            return self._abort()
+        for i in txn.accepted:
+            txn.outcomes[i] = self._from_reply(txn.recipients[i], reply)
+        self._finish()
+
     def _on_dot(self, reply: Reply, _: int) -> None:
         self._finish()  # the lone "." ended an empty transaction; its reply decides nothing
 
@@ -652,21 +670,26 @@ _HANDLERS = {
     _Expect.DATA: ClientMachine._on_data,
     _Expect.BODY: ClientMachine._on_body,
     _Expect.DOT: ClientMachine._on_dot,
+    _Expect.BDAT: ClientMachine._on_bdat,
     _Expect.RSET: ClientMachine._on_rset,
 }
 
 
-def dot_stuff(body: bytes) -> bytes:
-    """The DATA octets for `body`: CRLF line ends, dot-stuffed, ending in CRLF "." CRLF.
-
-    RFC 5321 §4.5.2: a line beginning with "." gets one more. RFC 5321 §2.3.8: a bare CR
-    or LF becomes CRLF, so no receiver can read a different end of data than we meant
-    (the "SMTP smuggling" class). A body not ending in CRLF gets one before the ".".
-    """
+def crlf_lines(body: bytes) -> bytes:
+    """`body` with every line ending CRLF: RFC 5321 §2.3.8, a bare CR or LF becomes CRLF,
+    so no receiver can read a different end of data than we meant (the "SMTP smuggling"
+    class); a body not ending in CRLF gets one."""
     if not (body.count(b"\r") == body.count(b"\n") == body.count(b"\r\n")):
         body = _LINE_END.sub(b"\r\n", body)
     if body and not body.endswith(b"\r\n"):
         body += b"\r\n"
+    return body
+
+
+def dot_stuff(body: bytes) -> bytes:
+    """The DATA octets for `body`: CRLF line ends (crlf_lines), dot-stuffed, ending in
+    CRLF "." CRLF. RFC 5321 §4.5.2: a line beginning with "." gets one more."""
+    body = crlf_lines(body)
     if body.startswith(b"."):
         body = b"." + body
     return body.replace(b"\r\n.", b"\r\n..") + b".\r\n"

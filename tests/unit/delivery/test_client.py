@@ -383,12 +383,13 @@ def test_pipelined_transaction_gives_one_outcome_per_recipient() -> None:
         outcome(CAROL, "failed", "5.1.1", "smtp; 550 5.1.1 Mailbox unavailable: no such user"),
         outcome(DAVE, "delayed", "4.3.0", "smtp; 451 4.3.0 Temporary recipient lookup failure"),
     )
-    # MAIL, every RCPT and DATA in one write; then the body.
+    # Our server offers CHUNKING: MAIL, every RCPT and the message as one BDAT LAST chunk
+    # go in a single write (RFC 2920 + RFC 3030), one round trip per message.
     assert p.written[1] == (
         b"MAIL FROM:<alice@example.org> SIZE=%d\r\n"
         b"RCPT TO:<bob@example.net>\r\nRCPT TO:<carol@example.net>\r\n"
-        b"RCPT TO:<dave@example.net>\r\nDATA\r\n" % len(BODY))
-    assert p.written[2] == BODY + b".\r\n"
+        b"RCPT TO:<dave@example.net>\r\nBDAT %d LAST\r\n" % (len(BODY), len(BODY)) + BODY)
+    assert len(p.written) == 2
     [message] = p.received
     assert message.body == BODY
     assert [str(r) for r in message.recipients] == [BOB]
@@ -471,7 +472,8 @@ def test_final_reply_4xx_delays_accepted_recipients_without_rset() -> None:
     assert p.send([BOB]) == (
         outcome(BOB, "delayed", "4.3.1",
                 "smtp; 452 4.3.1 Insufficient system storage, try again later"),)
-    assert p.written[-1] == BODY + b".\r\n"  # no RSET: the end of data clears the transaction
+    # No RSET: the last chunk ends the transaction whatever its reply (RFC 3030 §2).
+    assert p.written[-1].endswith(b"BDAT %d LAST\r\n" % len(BODY) + BODY)
 
 
 # ---- without PIPELINING: lock-step (RFC 5321 §4.1.1) -------------------------------
@@ -619,9 +621,10 @@ def test_after_an_aborted_transaction_the_next_mail_follows_the_rset() -> None:
 
     p = Pair(decide=refuse_bob)
     p.send([BOB])
-    assert p.written[-1] == b"RSET\r\n"
+    assert p.written[-1] == b"RSET\r\n"  # the refused BDAT chunk is followed by RSET
     assert p.send([CAROL]) == (delivered(CAROL),)
-    assert p.written[-2].startswith(b"MAIL FROM:")
+    assert p.written[-2] == b"RSET\r\n"
+    assert p.written[-1].startswith(b"MAIL FROM:")
 
 
 def test_quit_is_answered_then_closed() -> None:
