@@ -8,24 +8,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 import time
 from pathlib import Path
 
 from relay import config as configuration
+from relay import log
 
 DEFAULT_CONFIG = os.environ.get("RELAY_CONFIG", "config/relay.toml")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
-        format="%(asctime)s relay[%(process)d] %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    log.setup(verbose=getattr(args, "verbose", False))
     try:
         cfg = configuration.load(args.config)
     except configuration.ConfigError as exc:

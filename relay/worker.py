@@ -16,6 +16,7 @@ import sys
 import uvloop
 
 from relay import _fast, metrics
+from relay import log as relay_log
 from relay.auth.accounts import AccountStore
 from relay.delivery.connector import Timeouts
 from relay.delivery.local import LocalDelivery
@@ -24,6 +25,7 @@ from relay.delivery.pool import OutboundPool
 from relay.delivery.route import Router
 from relay.delivery.scheduler import DeliveryScheduler, Policy
 from relay.auth.throttle import ConnectionLimiter
+from relay.mda.imap.session import ImapListener, ImapSession
 from relay.mda.login import Authenticator
 from relay.mda.maildir import MaildirStore
 from relay.mda.pop3.session import Pop3Listener, Pop3Session
@@ -52,11 +54,14 @@ def run(config: Config, index: int) -> int:
     # The group-commit thread needs the GIL briefly between fsyncs; with the default 5 ms
     # switch interval a busy event loop would hold every commit back by up to 5 ms.
     sys.setswitchinterval(SWITCH_INTERVAL)
+    relay_log.batch_in_worker()
     try:
         uvloop.run(_serve(config, index))
     except OSError as exc:
         log.error("worker %d: %s", index, exc)
         return 2
+    finally:
+        relay_log.flush()
     return 0
 
 
@@ -114,6 +119,18 @@ async def _serve(config: Config, index: int) -> None:
             servers.append(await loop.create_server(
                 lambda pop3=pop3: Pop3Session(pop3), ep.host, ep.port, reuse_port=True,
                 backlog=BACKLOG, ssl=tls_context if implicit else None))
+        for ep, implicit in [(e, False) for e in config.listen.imap] + \
+                [(e, True) for e in config.listen.imaps]:
+            if implicit and tls_context is None:
+                raise OSError(f"imaps on {ep} needs a TLS certificate")
+            imap = ImapListener(store=mail, auth=authenticator,
+                                limiter=ConnectionLimiter(config.limits.max_connections,
+                                                          config.limits.max_connections_per_ip),
+                                tls_context=tls_context, implicit_tls=implicit,
+                                allow_plaintext=config.mda.allow_plaintext_auth)
+            servers.append(await loop.create_server(
+                lambda imap=imap: ImapSession(imap), ep.host, ep.port, reuse_port=True,
+                backlog=BACKLOG, ssl=tls_context if implicit else None))
         for ep in config.listen.metrics:
             servers.append(await loop.create_server(
                 lambda: MetricsEndpoint(queue_counts), ep.host, ep.port, reuse_port=True))
@@ -165,9 +182,11 @@ def _delivery(config: Config, index: int, store: QueueStore, committer: GroupCom
 
 
 async def _flush_metrics() -> None:
+    """Push batched counters and log lines out every half second."""
     while True:
         await asyncio.sleep(metrics.Tally.FLUSH_INTERVAL)
         metrics.TALLY.flush()
+        relay_log.flush()
 
 
 def _version() -> str:

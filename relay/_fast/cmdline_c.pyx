@@ -3,8 +3,9 @@
 
 C-level notes only here. The line is read through a pointer into the caller's bytes
 object, which the argument reference keeps alive for the call. Result fields are new
-bytes objects copied from spans of it; upper-casing is done in place on a freshly
-created bytes object before anyone else can see it.
+bytes objects copied from spans of it; upper-cased spans are written into a bytes
+object allocated uninitialised (never a copy of p[0:n], which for n <= 1 is CPython's
+shared single-octet singleton) before anyone else can see it.
 """
 
 cimport cython
@@ -49,11 +50,15 @@ cdef inline unsigned char upper(unsigned char c) noexcept:
 
 
 cdef bytes upper_span(const unsigned char *p, Py_ssize_t n):
-    cdef bytes out = PyBytes_FromStringAndSize(<const char *>p, n)
+    # Never PyBytes_FromStringAndSize(p, n) and then write: for n <= 1 CPython returns
+    # its process-wide shared singleton (b"v" is one object), and upper-casing that in
+    # place turns every b"v" in the process into b"V". With v == NULL it allocates a
+    # new object for any n >= 1; n == 0 (the shared b"") is never written.
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, n)
     cdef unsigned char *q = <unsigned char *>PyBytes_AS_STRING(out)
     cdef Py_ssize_t i
     for i in range(n):
-        q[i] = upper(q[i])
+        q[i] = upper(p[i])
     return out
 
 

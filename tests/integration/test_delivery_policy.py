@@ -51,7 +51,7 @@ def test_expired_message_bounces_with_4_4_7(tmp_path: Path, sink_port: int) -> N
             assert group["action"] == "failed" and group["status"] == "4.4.7"
             assert "451 4.3.0 not today" in group["diagnostic-code"]
             wait_for(lambda: entry(relay, "slow@far.test") is None)
-            assert "bounced to=<slow@far.test> status=4.4.7" in relay.log_text()
+            wait_for(lambda: "bounced to=<slow@far.test> status=4.4.7" in relay.log_text())
     finally:
         sink.stop()
 
