@@ -253,9 +253,17 @@ class Dnsmasq:
 
     def queries(self, name: str | None = None) -> list[tuple[str, str]]:
         """(name, type) of every query dnsmasq has logged, oldest first; only `name`'s
-        when given. The harness's own readiness probe is left out."""
+        when given. The harness's own readiness probe is left out. dnsmasq writes its log
+        a moment after answering, so the log is read until it stops growing (1 s at most)."""
+        text, deadline = "", time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            again = self.log_path.read_text(errors="replace")
+            if again == text:
+                break
+            text = again
+            time.sleep(0.05)
         found = []
-        for line in self.log_path.read_text(errors="replace").splitlines():
+        for line in text.splitlines():
             m = _QUERY_LINE.search(line)
             if m and m.group(2) != "harness-ready.invalid":
                 if name is None or m.group(2) == name:
