@@ -132,3 +132,57 @@ def _sized(smtp):  # type: ignore[no-untyped-def]
     smtp.data_size_limit = 1000  # announced as SIZE 1000 (RFC 1870)
     return smtp
 
+
+
+def test_delay_warning_is_sent_once(tmp_path: Path, sink_port: int) -> None:
+    sink = Sink("127.0.0.3", sink_port).start()
+    sink.rule("slow@far.test", "451 4.3.0 still not today")
+    relay = smarthost_relay(tmp_path, sink_port, delay_warning="2s")
+    try:
+        with relay:
+            send(relay, "alice@example.test", ["slow@far.test"], "warn me")
+            dsn = wait_for(lambda: dsns_for(relay, "alice@example.test", "warn me"), 30)[0]
+            assert dsn["Subject"].startswith("Delayed Mail")
+            group = status_groups(dsn)[0]
+            assert group["action"] == "delayed" and group["status"] == "4.3.0"
+            time.sleep(3)  # more retries, but no second warning
+            assert len(dsns_for(relay, "alice@example.test", "warn me")) == 1
+            assert entry(relay, "slow@far.test") is not None  # still queued
+    finally:
+        sink.stop()
+
+
+def test_a_receiver_that_never_greets_times_out_and_defers(tmp_path: Path,
+                                                           sink_port: int) -> None:
+    import socket
+    import threading
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.3", sink_port))
+    silent.listen(8)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        silent.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(silent.accept()[0])  # accept, then say nothing
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    relay = smarthost_relay(tmp_path, sink_port, command_timeout="1s", retry_schedule=["1h"])
+    try:
+        with relay:
+            send(relay, "alice@example.test", ["mute@far.test"], "hang")
+            e = wait_for(lambda: (x := entry(relay, "mute@far.test")) and x["attempts"] and x, 30)
+            assert e["state"] == "deferred"
+            assert "timed out" in str(e["last_error"])
+    finally:
+        stop.set()
+        thread.join()
+        for conn in held:
+            conn.close()
+        silent.close()
