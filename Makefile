@@ -31,7 +31,7 @@ run: compile
 
 # Debian tools the tests drive (installed when root, else a clear message).
 tools:
-	@sh tests/support/require-tools.sh swaks curl dnsmasq:dnsmasq-base unshare:util-linux nsenter:util-linux
+	@sh tests/support/require-tools.sh swaks curl mbsync:isync mutt fetchmail dnsmasq:dnsmasq-base unshare:util-linux nsenter:util-linux
 
 test: compile tools
 	$(PY) -m pytest -q tests

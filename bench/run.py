@@ -4,12 +4,15 @@ smtp-source -> smtp-sink loopback ceiling, with ratios computed within this run.
     .venv/bin/python -m bench.run            # full matrix (make bench)
     .venv/bin/python -m bench.run --quick    # 10 KB, 50 sessions, reuse on
     .venv/bin/python -m bench.run --servers postfix,aiosmtpd_fsync --json-only
+    .venv/bin/python -m bench.run --imap-only      # relay IMAP vs a private Dovecot
 
 Servers run one at a time (the machine is small and shared); for every cell each
 server gets the same load twice: ``smtp-source`` (Postfix's C load generator,
 for throughput) and our ``bench.loadgen`` (per-message latency, and throughput
 with PIPELINING when advertised). Results go to bench/results/<timestamp>.json
-and .md. See bench/README.md for how to read them.
+and .md. Then the end-to-end scenario (bench/e2e.py) and the IMAP scenario
+(bench/imap.py: relay vs Dovecot over one Maildir, plus IDLE capacity). See
+bench/README.md for how to read them.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ import time
 from pathlib import Path
 
 from bench import e2e
+from bench import imap as imap_scenario
 from bench.loadgen import LoadConfig, run_load
 from bench.peers.aiosmtpd_fsync import AiosmtpdPeer
 from bench.peers.postfix import PostfixPeer, SmtpSink, ensure_postfix, run_smtp_source
@@ -224,7 +228,7 @@ def _f(v, fmt="{:.0f}") -> str:
 
 def render_markdown(doc: dict) -> str:
     results = doc["results"]
-    order = ([] if doc["options"].get("e2e_only") else
+    order = ([] if doc["options"].get("e2e_only") or doc["options"].get("imap_only") else
              [s for s in doc["options"]["servers"]] + ([CEILING] if doc["options"]["ceiling"] else []))
     L = []
     L.append(f"# relay benchmark {doc['started']}")
@@ -234,7 +238,9 @@ def render_markdown(doc: dict) -> str:
              f"aiosmtpd {h['aiosmtpd']}, relay rev {h['git_rev']}. "
              + (f"Per measurement: at most {doc['options']['max_messages']} messages "
                 f"({budget(100 * KB, doc['options']['max_messages'])} at 100 KB) or "
-                f"{doc['options']['max_seconds']:.0f} s" if results else "End to end only")
+                f"{doc['options']['max_seconds']:.0f} s" if results else
+                "End to end only" if doc.get("e2e") and not doc.get("imap") else
+                "IMAP only" if doc.get("imap") and not doc.get("e2e") else "No acceptance matrix")
              + (f"; medians of {doc['options']['repeat']} interleaved rounds"
                 if doc["options"].get("repeat", 1) > 1 else "")
              + f". Wall time {doc['seconds']:.0f} s.")
@@ -246,6 +252,8 @@ def render_markdown(doc: dict) -> str:
         _acceptance_markdown(doc, order, L)
     if doc.get("e2e"):
         L += e2e.render_markdown(doc["e2e"])
+    if doc.get("imap"):
+        L += imap_scenario.render_markdown(doc["imap"])
     return "\n".join(L)
 
 
@@ -380,6 +388,25 @@ def parse_args(argv):
     g.add_argument("--e2e-messages", type=int, default=5000, help="messages per cell")
     g.add_argument("--e2e-seconds", type=float, default=60.0,
                    help="per cell: at most this long sending, then at most this long draining")
+    g = ap.add_argument_group("IMAP scenario (bench/imap.py): relay vs a private Dovecot")
+    g.add_argument("--no-imap", action="store_true", help="skip the IMAP scenario")
+    g.add_argument("--imap-only", action="store_true", help="only the IMAP scenario")
+    g.add_argument("--imap-servers", default=",".join(imap_scenario.SERVERS),
+                   help="comma-separated subset of %(default)s")
+    g.add_argument("--imap-clients", default=None, help="concurrent clients per cell (default 10,50; --quick: 10)")
+    g.add_argument("--imap-seconds", type=float, default=None,
+                   help="seconds per mix cell (default 15; --quick: 10)")
+    g.add_argument("--imap-op-seconds", type=float, default=None,
+                   help="seconds per single-operation cell, 0 = none (default 6; --quick: 4)")
+    g.add_argument("--imap-max-ops", type=int, default=500_000, help="operations per cell at most")
+    g.add_argument("--imap-messages", type=int, default=1500, help="messages in the test Maildir")
+    g.add_argument("--imap-idle", type=int, default=None,
+                   help="IDLE connections held by the relay, 0 = no IDLE test (default 5000; --quick: 1000)")
+    g.add_argument("--imap-idle-dovecot", type=int, default=None,
+                   help="IDLE connections for Dovecot (default: as --imap-idle)")
+    g.add_argument("--imap-idle-hold", type=float, default=10.0, help="seconds the IDLE connections are held")
+    g.add_argument("--imap-idle-ramp", type=float, default=600.0,
+                   help="at most this long to set the IDLE connections up")
     ap.add_argument("--postfix-set", action="append", default=[], metavar="KEY=VALUE",
                     help="extra main.cf setting for the private Postfix (experiments; default: none, "
                          "e.g. in_flow_delay=0); recorded in the results")
@@ -397,8 +424,31 @@ def parse_args(argv):
     if a.quick:
         a.sessions, a.sizes, a.reuse = "50", "10", "on"
         a.e2e_sessions, a.e2e_sizes = "50", "10"
+    q = a.quick
+    a.imap_clients = a.imap_clients or ("10" if q else "10,50")
+    a.imap_seconds = a.imap_seconds if a.imap_seconds is not None else (10.0 if q else 15.0)
+    a.imap_op_seconds = a.imap_op_seconds if a.imap_op_seconds is not None else (4.0 if q else 6.0)
+    a.imap_idle = a.imap_idle if a.imap_idle is not None else (1000 if q else imap_scenario.TARGET_IDLE)
+    a.imap_idle_dovecot = a.imap_idle_dovecot if a.imap_idle_dovecot is not None else a.imap_idle
     if a.no_e2e and a.e2e_only:
         ap.error("--no-e2e and --e2e-only exclude each other")
+    if a.imap_only and (a.no_imap or a.e2e_only):
+        ap.error("--imap-only excludes --no-imap and --e2e-only")
+    try:
+        a.imap_clients_list = [int(x) for x in a.imap_clients.split(",")]
+    except ValueError:
+        ap.error("--imap-clients wants numbers, e.g. 10,50")
+    if (min(a.imap_clients_list) < 1 or a.imap_seconds <= 0 or a.imap_op_seconds < 0
+            or a.imap_idle < 0 or a.imap_idle_dovecot < 0 or a.imap_messages < 100
+            or a.imap_idle_hold <= 0 or a.imap_idle_ramp <= 0 or a.imap_max_ops < 1):
+        ap.error("--imap-* values must be positive (--imap-messages >= 100)")
+    a.imap_servers = [] if (a.no_imap or a.e2e_only) else \
+        [s.strip() for s in a.imap_servers.split(",") if s.strip()]
+    bad = [s for s in a.imap_servers if s not in imap_scenario.SERVERS]
+    if bad:
+        ap.error(f"unknown IMAP server(s) {bad}; choose from {list(imap_scenario.SERVERS)}")
+    if a.imap_only:
+        a.no_e2e = True
     a.e2e_targets = [] if a.no_e2e else [s.strip() for s in a.e2e_servers.split(",") if s.strip()]
     bad = [s for s in a.e2e_targets if s not in e2e.TARGETS]
     if bad:
@@ -425,15 +475,18 @@ def main(argv=None) -> int:
     # SIGTERM tears down like Ctrl-C (peers are context managers).
     signal.signal(signal.SIGTERM, _sigterm)
     signal.signal(signal.SIGINT, signal.default_int_handler)   # even if started with SIGINT ignored
+    cells = [] if opts.e2e_only or opts.imap_only else [
+        (size, s, reuse) for size in opts.sizes_list for s in opts.sessions_list for reuse in opts.reuse_list]
+    # the IMAP relay target follows --servers, like the end-to-end targets
+    imap_servers = [s for s in opts.imap_servers if s != "relay" or "relay" in opts.servers]
     try:
         acquire_run_lock()
         reap_stale(log)       # leftovers of a run that was killed (-9) before its teardown
-        ensure_postfix(log)   # smtp-source/smtp-sink are needed whatever the server set
+        if cells or opts.e2e_targets:
+            ensure_postfix(log)   # smtp-source/smtp-sink are needed whatever the server set
     except BenchError as exc:
         log(f"bench: {exc}")
         return 2
-    cells = [] if opts.e2e_only else [(size, s, reuse) for size in opts.sizes_list
-                                      for s in opts.sessions_list for reuse in opts.reuse_list]
     e2e_cells = [(size, s, True) for size in opts.e2e_sizes_list for s in opts.e2e_sessions_list]
     # e2e targets follow --servers: relay and relay_smarthost need "relay", postfix "postfix"
     e2e_targets = [t for t in opts.e2e_targets if t.split("_")[0] in opts.servers]
@@ -444,7 +497,9 @@ def main(argv=None) -> int:
     e2e_rounds: list[dict] = []
     status: dict = {}
     e2e_status: dict = {}
-    order = [] if opts.e2e_only else list(opts.servers) + ([] if opts.no_ceiling else [CEILING])
+    imap_doc: dict = {}
+    order = [] if opts.e2e_only or opts.imap_only else \
+        list(opts.servers) + ([] if opts.no_ceiling else [CEILING])
     if cells:
         log(f"bench: {len(cells)} cell(s) x {order}"
             + (f" x {opts.repeat} rounds" if opts.repeat > 1 else "")
@@ -466,6 +521,13 @@ def main(argv=None) -> int:
                 if e2e_status.get(name, {}).get("status", "ok") != "ok":
                     continue
                 e2e.measure_target(name, e2e_cells, opts, e2e_rounds[-1], e2e_status)
+        if imap_servers:
+            opts.imap_servers = imap_servers
+            log(f"bench: IMAP: {imap_servers}, clients {opts.imap_clients_list}, mix {opts.imap_seconds:.0f}s"
+                + (f" + each operation alone {opts.imap_op_seconds:.0f}s" if opts.imap_op_seconds else "")
+                + f" per cell; IDLE {opts.imap_idle} (Dovecot {opts.imap_idle_dovecot}) held "
+                f"{opts.imap_idle_hold:.0f}s")
+            imap_scenario.run_scenario(opts, imap_doc)
     except KeyboardInterrupt:
         log("bench: interrupted; servers stopped; writing partial results")
         status["interrupted"] = {"status": "interrupted"}
@@ -496,7 +558,7 @@ def main(argv=None) -> int:
         "options": {"servers": opts.servers, "ceiling": not opts.no_ceiling, "quick": opts.quick,
                     "sessions": opts.sessions_list, "sizes": opts.sizes_list, "reuse": opts.reuse_list,
                     "max_messages": opts.max_messages, "max_seconds": opts.max_seconds,
-                    "repeat": opts.repeat, "e2e_only": opts.e2e_only,
+                    "repeat": opts.repeat, "e2e_only": opts.e2e_only, "imap_only": opts.imap_only,
                     "postfix_extra_main_cf": opts.postfix_extra},
         "servers": status,
         "results": results,
@@ -512,7 +574,12 @@ def main(argv=None) -> int:
             "results": e2e_results,
             "ratios": e2e.compute_ratios(e2e_results),
         } if e2e_targets else None,
+        "imap": imap_doc or None,
     }
+    if imap_doc:
+        from bench.peers.dovecot import dovecot_version
+        doc["host"]["dovecot"] = dovecot_version()
+        imap_doc.setdefault("ratios", imap_scenario.compute_ratios(imap_doc.get("results", {})))
     opts.out.mkdir(parents=True, exist_ok=True)
     jpath = opts.out / f"{stamp}.json"
     jpath.write_text(json.dumps(doc, indent=2) + "\n")
@@ -529,6 +596,10 @@ def main(argv=None) -> int:
         return 130
     failed = [n for n in order if status.get(n, {}).get("status") != "ok"]
     failed += [f"e2e {n}" for n in e2e_targets if e2e_status.get(n, {}).get("status") != "ok"]
+    if imap_doc:
+        failed += [f"imap {n}" for n in imap_servers
+                   if imap_doc.get("servers", {}).get(n, {}).get("status") != "ok"
+                   or imap_doc.get("idle", {}).get(n, {}).get("status", "ok") != "ok"]
     if failed:
         log(f"bench: NOT MEASURED: {', '.join(failed)} (see above); exit status 1")
         return 1

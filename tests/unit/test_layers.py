@@ -260,7 +260,8 @@ def test_mda_does_not_import_queue_smtp_or_delivery() -> None:
 
 
 MAILBOX_MACHINES = ("relay.mda.pop3.machine", "relay.auth.sasl", "relay.mda.imap.parser",
-                    "relay.mda.imap.message", "relay.mda.imap.search", "relay.mda.imap.utf7")
+                    "relay.mda.imap.message", "relay.mda.imap.search", "relay.mda.imap.utf7",
+                    "relay.mda.imap.machine", "relay.mda.imap.responses")
 
 
 def test_mailbox_protocol_machines_do_no_io() -> None:

@@ -1155,6 +1155,12 @@ class CommandReader:
         not zero: no plaintext may be carried over into TLS, RFC 3501 §6.2.1)."""
         return len(self._buf) - self._pos
 
+    @property
+    def discarding(self) -> int:
+        """Octets of a refused non-synchronizing literal still to be read and dropped (the
+        session may rather close the connection than read a huge one, RFC 7888 §4)."""
+        return self._remaining if self._state is _State.SWALLOW else 0
+
     def feed(self, data: bytes) -> None:
         """Append octets received from the client."""
         if self._state is not _State.DEAD:

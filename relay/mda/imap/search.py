@@ -57,14 +57,14 @@ def needs_message(key: SearchKey) -> bool:
     return False
 
 
-def matches(key: SearchKey, msg: MessageInfo, raw_loader: Callable[[], bytes],
+def matches(key: SearchKey, msg: MessageInfo, raw_loader: Callable[[], bytes | Message],
             now: dt.datetime, *, last_seq: int, last_uid: int,
             saved_uids: Collection[int] = frozenset()) -> bool:
     """Whether the message `msg` satisfies the search program `key`.
 
     Args:
-        raw_loader: returns the message octets; called at most once, and only when a key
-            needs headers or text.
+        raw_loader: returns the message octets (or an already parsed Message); called at
+            most once, and only when a key needs headers or text.
         now: the current time (for OLDER / YOUNGER).
         last_seq, last_uid: what "*" stands for in sequence sets (RFC 3501 §9 seq-number).
         saved_uids: the RFC 5182 saved result that "$" refers to.
@@ -75,8 +75,9 @@ def matches(key: SearchKey, msg: MessageInfo, raw_loader: Callable[[], bytes],
 class _Evaluation:
     """One message against one program, loading and decoding what is needed at most once."""
 
-    def __init__(self, msg: MessageInfo, raw_loader: Callable[[], bytes], now: dt.datetime,
-                 last_seq: int, last_uid: int, saved: Collection[int]) -> None:
+    def __init__(self, msg: MessageInfo, raw_loader: Callable[[], bytes | Message],
+                 now: dt.datetime, last_seq: int, last_uid: int,
+                 saved: Collection[int]) -> None:
         self.msg = msg
         self.raw_loader = raw_loader
         self.now = now
@@ -97,7 +98,9 @@ class _Evaluation:
 
     def message(self) -> Message:
         if self._message is None:
-            self._message = Message(self.raw_loader())
+            loaded = self.raw_loader()
+            # A caller with a cache of parsed messages may hand one over instead of octets.
+            self._message = loaded if isinstance(loaded, Message) else Message(loaded)
         return self._message
 
     def body(self) -> str:
