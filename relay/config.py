@@ -188,7 +188,6 @@ def parse(raw: dict[str, Any], path: Path) -> Config:
     if queue.max_map_size < queue.map_size:
         raise ConfigError("queue.max_map_size", "must be >= queue.map_size")
     d = DeliveryConfig()
-    smarthosts = r.endpoints("delivery", "smarthost", single=True)
     for ns in r.strings("delivery", "nameservers"):
         host, _, port = ns.rpartition(":") if ns.count(":") == 1 else (ns, "", "")
         try:
@@ -199,7 +198,7 @@ def parse(raw: dict[str, Any], path: Path) -> Config:
             raise ConfigError("delivery.nameservers", f"{ns!r} has a bad port")
     delivery = DeliveryConfig(
         enabled=r.boolean("delivery", "enabled", d.enabled),
-        smarthost=smarthosts[0] if smarthosts else None,
+        smarthost=r.endpoint("delivery", "smarthost"),
         nameservers=r.strings("delivery", "nameservers"),
         port=r.integer("delivery", "port", d.port, 1, 65535),
         max_connections=r.integer("delivery", "max_connections", d.max_connections, 1),
@@ -304,22 +303,17 @@ class _Reader:
             raise ConfigError(f"{section}.{key}", 'must be a non-empty list of durations ("5m")')
         return tuple(x for x in values if x is not None)
 
-    def endpoints(self, section: str, key: str, single: bool = False) -> tuple[Endpoint, ...]:
-        out = []
-        if single:
-            v = self._get(section, key)
-            if v is None or v == "":
-                return ()
-            if not isinstance(v, str):
-                raise ConfigError(f"{section}.{key}", "must be a \"host:port\" string")
-            self.raw[section][key] = [v]
-        for item in self.strings(section, key):
-            host, sep, port = item.rpartition(":")
-            host = host.strip("[]")
-            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-                raise ConfigError(f"{section}.{key}", f"{item!r} is not host:port")
-            out.append(Endpoint(host, int(port)))
-        return tuple(out)
+    def endpoints(self, section: str, key: str) -> tuple[Endpoint, ...]:
+        return tuple(_endpoint(f"{section}.{key}", item) for item in self.strings(section, key))
+
+    def endpoint(self, section: str, key: str) -> Endpoint | None:
+        """One optional "host:port" string ("" or absent: None)."""
+        v = self._get(section, key)
+        if v is None or v == "":
+            return None
+        if not isinstance(v, str):
+            raise ConfigError(f"{section}.{key}", 'must be a "host:port" string')
+        return _endpoint(f"{section}.{key}", v)
 
     def networks(self, section: str, key: str) -> tuple[Any, ...]:
         out = []
@@ -329,6 +323,14 @@ class _Reader:
             except ValueError:
                 raise ConfigError(f"{section}.{key}", f"{item!r} is not a network") from None
         return tuple(out)
+
+
+def _endpoint(key: str, item: str) -> Endpoint:
+    host, sep, port = item.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(key, f"{item!r} is not host:port")
+    return Endpoint(host, int(port))
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}

@@ -237,12 +237,12 @@ class DeliveryScheduler:
             if current is None:
                 return False
             if result.envelope is None:
-                self.store.op_delete(txn, env.id)
+                self.store.op_delete(txn, env.id, current)
             else:
                 updated = result.envelope
                 if current.state is MessageState.HOLD:
                     updated = replace(updated, state=MessageState.HOLD)
-                self.store.op_update(txn, updated)
+                self.store.op_update(txn, updated, current)
             for notice, notice_body in notices:
                 self.store.op_put_new(txn, notice, notice_body)
             return True

@@ -81,24 +81,29 @@ class QueueStore:
         if env.state is not MessageState.HOLD:
             txn.put(schema.sched_key(env.next_attempt, env.id), b"", db=self._dbs[b"sched"])
 
-    def op_update(self, txn: lmdb.Transaction, env: Envelope) -> bool:
-        """Replace the envelope (state, recipients, next attempt); False if it is gone."""
+    def op_update(self, txn: lmdb.Transaction, env: Envelope,
+                  current: Envelope | None = None) -> bool:
+        """Replace the envelope (state, recipients, next attempt); False if it is gone.
+        `current`: the stored envelope when the caller already read it in this txn."""
         key = env.id.encode()
-        old = txn.get(key, db=self._dbs[b"env"])
-        if old is None:
-            return False
-        self._unschedule(txn, schema.decode_envelope(old))
+        if current is None:
+            current = self.get_in(txn, env.id)
+            if current is None:
+                return False
+        self._unschedule(txn, current)
         txn.put(key, schema.encode_envelope(env), db=self._dbs[b"env"])
         if env.state is not MessageState.HOLD:
             txn.put(schema.sched_key(env.next_attempt, env.id), b"", db=self._dbs[b"sched"])
         return True
 
-    def op_delete(self, txn: lmdb.Transaction, queue_id: str) -> bool:
+    def op_delete(self, txn: lmdb.Transaction, queue_id: str,
+                  current: Envelope | None = None) -> bool:
         key = queue_id.encode()
-        old = txn.get(key, db=self._dbs[b"env"])
-        if old is None:
-            return False
-        self._unschedule(txn, schema.decode_envelope(old))
+        if current is None:
+            current = self.get_in(txn, queue_id)
+            if current is None:
+                return False
+        self._unschedule(txn, current)
         txn.delete(key, db=self._dbs[b"env"])
         txn.delete(key, db=self._dbs[b"body"])
         return True
