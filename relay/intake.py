@@ -1,8 +1,14 @@
 """Intake: an accepted SMTP transaction becomes a queued message (Postfix's cleanup).
 
 The only writer of new messages into the queue. It checks for mail loops, prepends our
-Received header (RFC 5321 §4.4), hands the message to the group committer and turns the
-outcome into the reply for the end of DATA: 250 only once the commit is durable.
+Received header (RFC 5321 §4.4), completes submissions, hands the message to the group
+committer and turns the outcome into the reply for the end of DATA: 250 only once the
+commit is durable.
+
+Completion (RFC 6409 §8.3, §8.4; Postfix cleanup for local_header_rewrite_clients): a
+message from an authenticated client that lacks Date: or Message-ID: gets them, placed
+after our Received header and before the original header section. Mail relayed from
+elsewhere is never touched beyond the Received header.
 
 Trust: the message body is untrusted octets; only the header scanner reads it.
 Imports: relay._fast, relay.queue (public API), relay.smtp.{events,replies}, relay.metrics.
@@ -65,6 +71,8 @@ class Intake:
             for attempt in range(ID_ATTEMPTS):
                 queue_id = self.ids.next()
                 header = self._received(queue_id, msg, info, recipients)
+                if info.authenticated:
+                    header += self._completion(queue_id, summary.flags)
                 body = header + msg.body
                 env = Envelope(
                     id=queue_id,
@@ -113,6 +121,17 @@ class Intake:
         else:
             lines[-1] += f"; {self._now()}"
         return ("\r\n".join(lines) + "\r\n").encode("utf-8")
+
+    def _completion(self, queue_id: str, present: int) -> bytes:
+        """RFC 6409 §8.3 Date: and §8.4 Message-ID: for a submission that lacks them."""
+        lines = []
+        if not present & _fast.HDR_DATE:
+            lines.append(f"Date: {self._now()}\r\n")  # RFC 5322 §3.6.1
+        if not present & _fast.HDR_MESSAGE_ID:
+            # RFC 5322 §3.6.4: the queue id is unique to this host, so id-left@hostname is
+            # globally unique (Postfix uses the same <queueid@myhostname>).
+            lines.append(f"Message-ID: <{queue_id}@{self.hostname}>\r\n")
+        return "".join(lines).encode("utf-8")
 
     def _now(self) -> str:
         second = int(time.time())

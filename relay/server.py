@@ -50,7 +50,8 @@ class StartupError(Exception):
 def check_addresses(config: Config) -> None:
     """SO_REUSEPORT would let a second server share a port silently: refuse instead."""
     listen = config.listen
-    for ep in (*listen.smtp, *listen.metrics):
+    for ep in (*listen.smtp, *listen.submission, *listen.submissions, *listen.imap,
+               *listen.imaps, *listen.pop3, *listen.pop3s, *listen.metrics):
         try:
             with socket.create_connection((ep.host, ep.port), timeout=0.5):
                 pass

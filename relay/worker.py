@@ -26,7 +26,7 @@ from relay.delivery.route import Router
 from relay.delivery.scheduler import DeliveryScheduler, Policy
 from relay.auth.throttle import ConnectionLimiter
 from relay.mda.imap.session import ImapListener, ImapSession
-from relay.mda.login import Authenticator
+from relay.auth.login import Authenticator
 from relay.mda.maildir import MaildirStore
 from relay.mda.pop3.session import Pop3Listener, Pop3Session
 from relay.mda.store import MailStore
@@ -78,35 +78,59 @@ async def _serve(config: Config, index: int) -> None:
     scheduler = _delivery(config, index, store, committer, accounts, ids)
     cert, key = tls.certificate_paths(config)
     tls_context = tls.server_context(cert, key) if cert.exists() and key.exists() else None
-    listener = Listener(
-        settings=SmtpSettings(config.server.hostname, config.relay.max_message_size,
-                              config.relay.max_recipients, tls_available=tls_context is not None,
-                              postmaster_domain=(config.relay.local_domains or ("",))[0]),
-        policy=RecipientPolicy(config.relay.local_domains, accounts),
-        intake=Intake(config.server.hostname, committer, ids,
-                      scheduler.submit if config.delivery.enabled else None),
-        relay_networks=config.relay.relay_networks,
-        idle_timeout=config.limits.idle_timeout,
-        max_connections=config.limits.max_connections,
-        max_per_ip=config.limits.max_connections_per_ip,
-        tls_context=tls_context,
-    )
+    authenticator = Authenticator(accounts)
+    policy = RecipientPolicy(config.relay.local_domains, accounts)
+    intake = Intake(config.server.hostname, committer, ids,
+                    scheduler.submit if config.delivery.enabled else None)
+
+    def smtp_listener(name: str) -> Listener:
+        """smtp (25): AUTH offered after STARTTLS; submission (587, STARTTLS) and
+        submissions (465, implicit TLS, RFC 8314): AUTH required before MAIL (RFC 6409)."""
+        submission = name != "smtp"
+        if submission and tls_context is None:
+            raise OSError(f"{name} needs a TLS certificate (AUTH is only offered over TLS)")
+        return Listener(
+            settings=SmtpSettings(config.server.hostname, config.relay.max_message_size,
+                                  config.relay.max_recipients,
+                                  tls_available=tls_context is not None,
+                                  postmaster_domain=(config.relay.local_domains or ("",))[0],
+                                  auth_available=tls_context is not None,
+                                  auth_required=submission),
+            policy=policy, intake=intake,
+            relay_networks=config.relay.relay_networks,
+            idle_timeout=config.limits.idle_timeout,
+            max_connections=config.limits.max_connections,
+            max_per_ip=config.limits.max_connections_per_ip,
+            tls_context=tls_context,
+            auth=authenticator,
+            implicit_tls=name == "submissions",
+            name=name,
+        )
+
+    smtp_endpoints = {name: getattr(config.listen, name)
+                      for name in ("smtp", "submission", "submissions")}
+    listeners: list[Listener] = []
     metrics.BUILD_INFO.labels(version=_version(), parser=_fast.IMPLEMENTATION).set(1)
 
     def queue_counts() -> dict[str, int]:
         return dict(store.count_by_state())
 
     mail = MailStore(data / "mail")
-    authenticator = Authenticator(accounts)
     servers = []
     flushing = loop.create_task(_flush_metrics())
     delivering = loop.create_task(scheduler.run() if config.delivery.enabled
                                   else asyncio.sleep(0))
     try:
-        for ep in config.listen.smtp:
-            servers.append(await loop.create_server(
-                lambda: SmtpSession(listener), ep.host, ep.port, reuse_port=True,
-                backlog=BACKLOG))
+        for name, endpoints in smtp_endpoints.items():
+            if not endpoints:
+                continue
+            listener = smtp_listener(name)
+            listeners.append(listener)
+            for ep in endpoints:
+                servers.append(await loop.create_server(
+                    lambda listener=listener: SmtpSession(listener), ep.host, ep.port,
+                    reuse_port=True, backlog=BACKLOG,
+                    ssl=tls_context if listener.implicit_tls else None))
         for ep, implicit in [(e, False) for e in config.listen.pop3] + \
                 [(e, True) for e in config.listen.pop3s]:
             if implicit and tls_context is None:
@@ -134,18 +158,21 @@ async def _serve(config: Config, index: int) -> None:
         for ep in config.listen.metrics:
             servers.append(await loop.create_server(
                 lambda: MetricsEndpoint(queue_counts), ep.host, ep.port, reuse_port=True))
-        log.info("worker %d serving smtp on %s (parser: %s)", index,
-                 ", ".join(map(str, config.listen.smtp)), _fast.IMPLEMENTATION)
+        log.info("worker %d serving %s (parser: %s)", index,
+                 "; ".join(f"{name} on {', '.join(map(str, eps))}"
+                           for name, eps in smtp_endpoints.items() if eps),
+                 _fast.IMPLEMENTATION)
         await stop.wait()
         log.info("worker %d stopping", index)
     finally:
         for server in servers:
             server.close()
-        listener.shutdown()
+        for listener in listeners:
+            listener.shutdown()
         deadline = loop.time() + DRAIN_SECONDS
-        while listener.sessions and loop.time() < deadline:
+        while any(lst.sessions for lst in listeners) and loop.time() < deadline:
             await asyncio.sleep(0.05)
-        for session in list(listener.sessions):
+        for session in [s for lst in listeners for s in lst.sessions]:
             if session.transport is not None:
                 session.transport.abort()
         await asyncio.sleep(0)

@@ -1,7 +1,8 @@
 """What the SMTP server machine tells its glue (h11-style events).
 
 Events marked *decision* stop the machine until the glue answers with
-`ServerMachine.accept(reply)` or `ServerMachine.reject(reply)`; that keeps replies in
+`ServerMachine.accept(reply)` or `ServerMachine.reject(reply)` (for Authenticate:
+`auth_ok(account)` or `auth_failed(temporary)`); that keeps replies in
 order under PIPELINING (RFC 2920) however long a policy lookup or queue commit takes.
 
 Imports: stdlib, relay.smtp.grammar.
@@ -52,6 +53,22 @@ class MessageReceived:
 
 
 @dataclass(frozen=True, slots=True)
+class Authenticate:
+    """Decision: SMTP AUTH (RFC 4954) finished its SASL exchange; are these credentials good?
+
+    Answer with `ServerMachine.auth_ok(account)` or `auth_failed(temporary)`.
+    """
+
+    user: str
+    password: str
+    mechanism: str  # "PLAIN" | "LOGIN"
+
+    def __repr__(self) -> str:  # keep passwords out of logs and test failure output
+        return (f"Authenticate(user={self.user!r}, password=<hidden>, "
+                f"mechanism={self.mechanism!r})")
+
+
+@dataclass(frozen=True, slots=True)
 class StartTls:
     """The 220 for STARTTLS is in the outbox: write it, upgrade, call tls_started()."""
 
@@ -63,4 +80,4 @@ class Closed:
     by_peer: bool
 
 
-Event = MailFrom | RcptTo | MessageReceived | StartTls | Closed | Signal
+Event = MailFrom | RcptTo | MessageReceived | Authenticate | StartTls | Closed | Signal

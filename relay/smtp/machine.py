@@ -7,10 +7,18 @@ here; policy and queueing are decisions the glue answers with accept()/reject().
 
 Extensions: PIPELINING (RFC 2920), SIZE (RFC 1870), 8BITMIME (RFC 6152),
 ENHANCEDSTATUSCODES (RFC 2034), SMTPUTF8 (RFC 6531), CHUNKING (RFC 3030),
-STARTTLS (RFC 3207).
+STARTTLS (RFC 3207), AUTH PLAIN LOGIN (RFC 4954; the SASL steps are relay.auth.sasl's).
+
+AUTH: the machine runs the SASL exchange ("334 " challenges, "*" cancels) and emits
+one Authenticate decision with the credentials; the glue checks them and answers
+auth_ok(account) or auth_failed(temporary). AUTH is advertised only when the settings
+say a password check exists and, with auth_requires_tls (Postfix smtpd_tls_auth_only),
+only inside TLS. With auth_required (the submission ports, RFC 6409 §4.3) MAIL needs a
+successful AUTH first.
 
 Trust: everything received is hostile; no input may raise out of this module.
-Imports: stdlib, relay._fast, relay.smtp.{events,grammar,replies}.
+Imports: stdlib, relay._fast, relay.smtp.{events,grammar,replies}, relay.auth.sasl (a
+sans-I/O machine itself).
 """
 
 from __future__ import annotations
@@ -19,8 +27,17 @@ import enum
 from dataclasses import dataclass
 
 from relay import _fast
+from relay.auth.sasl import (
+    MECHANISMS,
+    Challenge,
+    Credentials,
+    SaslErrorKind,
+    SaslExchange,
+    SaslResult,
+)
 from relay.smtp import replies as R
 from relay.smtp.events import (
+    Authenticate,
     Closed,
     Event,
     MailFrom,
@@ -35,6 +52,22 @@ from relay.smtp.grammar import GrammarError, Mailbox, is_valid_helo, parse_mailb
 MAX_ERRORS = 20
 # RFC 5321 §4.5.3.1.7 / 4.5.3.1.10: a recipient list may be long; a BDAT size may not be absurd.
 MAX_BDAT_DIGITS = 18
+# RFC 4954 §4: an AUTH command with its initial response, and each SASL response line,
+# may be up to 12288 octets (the 512 of RFC 5321 §4.5.3.1.4 is too short for them).
+MAX_AUTH_LINE = 12288
+
+# How each failed SASL exchange is answered (RFC 4954 §4, §6).
+_SASL_FAILURES: dict[SaslErrorKind, R.Reply] = {
+    SaslErrorKind.CANCELLED: R.AUTH_CANCELLED,
+    SaslErrorKind.UNSUPPORTED_MECHANISM: R.AUTH_UNKNOWN_MECHANISM,
+    SaslErrorKind.BAD_BASE64: R.AUTH_BAD_BASE64,
+    SaslErrorKind.TOO_LONG: R.AUTH_LINE_TOO_LONG,
+    SaslErrorKind.NOT_UTF8: R.AUTH_FAILED,
+    SaslErrorKind.MALFORMED: R.AUTH_FAILED,
+    SaslErrorKind.EMPTY_USERNAME: R.AUTH_FAILED,
+    SaslErrorKind.EMPTY_PASSWORD: R.AUTH_FAILED,
+    SaslErrorKind.AUTHZID_DENIED: R.AUTH_FAILED,
+}
 
 
 class State(enum.Enum):
@@ -55,6 +88,13 @@ class SmtpSettings:
     tls_available: bool = False
     # RFC 5321 §4.1.1.3: "RCPT TO:<Postmaster>" (no domain) means this domain's postmaster.
     postmaster_domain: str = ""
+    # RFC 4954: the glue can check passwords, so AUTH may be offered.
+    auth_available: bool = False
+    # Postfix smtpd_tls_auth_only=yes: PLAIN and LOGIN carry the password, so AUTH is
+    # offered and accepted only inside TLS (else 538 5.7.11).
+    auth_requires_tls: bool = True
+    # Submission (RFC 6409 §4.3, RFC 4954 §6): MAIL before a successful AUTH is 530 5.7.0.
+    auth_required: bool = False
 
 
 class _Pending(enum.Enum):
@@ -62,6 +102,7 @@ class _Pending(enum.Enum):
     MAIL = 1
     RCPT = 2
     MESSAGE = 3
+    AUTH = 4
 
 
 class ServerMachine:
@@ -73,6 +114,7 @@ class ServerMachine:
         self.state = State.GREETING
         self.helo_name = ""
         self.esmtp = False
+        self.authenticated = ""  # the account after a successful AUTH (RFC 4954 §4)
         self.errors = 0
         self._buf = bytearray()
         self._out: list[bytes] = []
@@ -81,6 +123,7 @@ class ServerMachine:
         self._pending = _Pending.NONE
         self._discard_line = False  # inside an over-long command line
         self._peer_closed = False
+        self._sasl: SaslExchange | None = None  # AUTH exchange awaiting a client line
         self._reset_transaction()
 
     # ---- input/output ---------------------------------------------------------------
@@ -127,7 +170,7 @@ class ServerMachine:
 
     def accept(self, reply: R.Reply | None = None) -> None:
         """The glue approves the pending MailFrom/RcptTo/MessageReceived."""
-        pending = self._take_pending()
+        pending = self._take_pending(auth=False)
         if pending is _Pending.MAIL:
             self.state = State.MAIL
             self._reply(reply or R.SENDER_OK)
@@ -142,12 +185,24 @@ class ServerMachine:
 
     def reject(self, reply: R.Reply) -> None:
         """The glue refuses the pending decision with `reply` (4xx/5xx)."""
-        pending = self._take_pending()
+        pending = self._take_pending(auth=False)
         self._reply(reply)
         if pending is _Pending.MESSAGE:
             self._end_transaction()
         if reply.code == 421:
             self._close()
+
+    def auth_ok(self, account: str) -> None:
+        """The pending Authenticate succeeded: the session now acts for `account`."""
+        self._take_pending(auth=True)
+        self.authenticated = account
+        self._reply(R.AUTH_OK)
+
+    def auth_failed(self, temporary: bool = False) -> None:
+        """The pending Authenticate failed: 535 5.7.8, or 454 4.7.0 when `temporary`
+        (the throttle refused to check, RFC 4954 §6)."""
+        self._take_pending(auth=True)
+        self._error(R.AUTH_TEMPORARY_FAILURE if temporary else R.AUTH_FAILED)
 
     def tls_started(self) -> None:
         """RFC 3207 §4.2: after the handshake the client must greet again; forget everything."""
@@ -158,6 +213,8 @@ class ServerMachine:
         self.state = State.GREETING
         self.helo_name = ""
         self.esmtp = False
+        self.authenticated = ""  # RFC 3207 §4.2: AUTH included (it is only offered in TLS anyway)
+        self._sasl = None
         self._reset_transaction()
 
     def close_with(self, reply: R.Reply) -> None:
@@ -167,10 +224,11 @@ class ServerMachine:
 
     # ---- internals ------------------------------------------------------------------
 
-    def _take_pending(self) -> _Pending:
+    def _take_pending(self, auth: bool) -> _Pending:
         pending = self._pending
-        if pending is _Pending.NONE:
-            raise RuntimeError("accept()/reject() without a pending decision")
+        if pending is _Pending.NONE or (pending is _Pending.AUTH) is not auth:
+            what = "auth_ok()/auth_failed()" if auth else "accept()/reject()"
+            raise RuntimeError(f"{what} without a matching pending decision")
         self._pending = _Pending.NONE
         return pending
 
@@ -217,12 +275,15 @@ class ServerMachine:
     def _step_command(self) -> bool:
         buf = self._buf
         nl = buf.find(b"\n")
+        # RFC 4954 §4: AUTH lines and SASL responses get more room than commands.
+        limit = (MAX_AUTH_LINE if self._sasl is not None or buf[:5].upper() == b"AUTH "
+                 else _fast.MAX_COMMAND_LINE)
         if nl < 0:
-            if len(buf) > _fast.MAX_COMMAND_LINE:
+            if len(buf) > limit:
                 # RFC 5321 §4.5.3.1.4: over-long line; answer once, skip to its end.
                 if not self._discard_line:
                     self._discard_line = True
-                    self._error(R.LINE_TOO_LONG)
+                    self._too_long()
                 del buf[:]
                 return True
             return False
@@ -231,13 +292,23 @@ class ServerMachine:
         if self._discard_line:
             self._discard_line = False
             return True
-        if len(line) + 1 > _fast.MAX_COMMAND_LINE:
-            self._error(R.LINE_TOO_LONG)
+        if len(line) + 1 > limit:
+            self._too_long()
             return True
         if line.endswith(b"\r"):
             line = line[:-1]
-        self._command(line)
+        if self._sasl is not None:
+            self._sasl_line(line)
+        else:
+            self._command(line)
         return True
+
+    def _too_long(self) -> None:
+        if self._sasl is not None:
+            self._sasl = None  # the exchange cannot go on without that line
+            self._error(R.AUTH_LINE_TOO_LONG)  # RFC 4954 §6
+        else:
+            self._error(R.LINE_TOO_LONG)
 
     def _command(self, line: bytes) -> None:
         try:
@@ -281,6 +352,8 @@ class ServerMachine:
         ]
         if self.settings.tls_available and not self.tls_active:
             ext.append("STARTTLS")
+        if self._auth_offered():
+            ext.append("AUTH " + " ".join(MECHANISMS))  # RFC 4954 §3
         self._reply(R.ehlo(self.settings.hostname, self.helo_name, ext))
 
     def _mail(self, cmd: _fast.Command) -> None:
@@ -288,6 +361,8 @@ class ServerMachine:
             return self._error(R.NEED_HELO)
         if self.state is not State.READY:
             return self._error(R.NESTED_MAIL)
+        if self.settings.auth_required and not self.authenticated:
+            return self._error(R.AUTH_REQUIRED)  # RFC 4954 §6, RFC 6409 §4.3
         size: int | None = None
         body = "7BIT"
         utf8 = False
@@ -302,6 +377,8 @@ class ServerMachine:
                 body = value.upper().decode()
             elif key == b"SMTPUTF8" and value is None:
                 utf8 = True
+            elif key == b"AUTH" and value is not None and self.settings.auth_available:
+                pass  # RFC 4954 §5: the original submitter; accepted and ignored
             else:
                 return self._error(R.UNKNOWN_PARAMETER)
         # RFC 1870 §6: refuse at MAIL when the declared size is over the limit.
@@ -489,6 +566,52 @@ class ServerMachine:
         self._reply(R.READY_TLS)
         self._events.append(StartTls())
 
+    # ---- AUTH (RFC 4954) -----------------------------------------------------------------
+
+    def _auth_offered(self) -> bool:
+        return self.settings.auth_available and (
+            self.tls_active or not self.settings.auth_requires_tls)
+
+    def _auth(self, cmd: _fast.Command) -> None:
+        if not self.settings.auth_available:
+            return self._error(R.NOT_IMPLEMENTED)
+        args = cmd.arg.split()
+        if not args or len(args) > 2:
+            return self._error(R.AUTH_SYNTAX)
+        if self.state is State.GREETING:
+            return self._error(R.NEED_HELO)
+        if not self.esmtp:
+            return self._error(R.AUTH_NEEDS_EHLO)
+        if self.authenticated:
+            return self._error(R.ALREADY_AUTHENTICATED)
+        if self.state is not State.READY:
+            return self._error(R.AUTH_IN_TRANSACTION)
+        if not self._auth_offered():
+            return self._error(R.AUTH_NEEDS_TLS)
+        mechanism = args[0].decode("ascii", "replace").upper()
+        if mechanism not in MECHANISMS:
+            return self._error(R.AUTH_UNKNOWN_MECHANISM)
+        exchange = SaslExchange()
+        # RFC 4954 §4: an optional initial response; "=" is an empty one.
+        self._sasl_result(exchange, exchange.start(mechanism, args[1] if len(args) == 2
+                                                   else None))
+
+    def _sasl_line(self, line: bytes) -> None:
+        exchange = self._sasl
+        assert exchange is not None
+        self._sasl = None
+        self._sasl_result(exchange, exchange.step(line))
+
+    def _sasl_result(self, exchange: SaslExchange, result: SaslResult) -> None:
+        if isinstance(result, Challenge):
+            self._reply(R.challenge(result.encoded))
+            self._sasl = exchange
+        elif isinstance(result, Credentials):
+            self._pending = _Pending.AUTH
+            self._events.append(Authenticate(result.user, result.password, result.mechanism))
+        else:
+            self._error(_SASL_FAILURES[result.kind])
+
 
 _COMMANDS = {
     b"EHLO": ServerMachine._ehlo,
@@ -503,4 +626,5 @@ _COMMANDS = {
     b"VRFY": ServerMachine._vrfy,
     b"HELP": ServerMachine._help,
     b"STARTTLS": ServerMachine._starttls,
+    b"AUTH": ServerMachine._auth,
 }

@@ -47,10 +47,11 @@ RESET_OK = Reply(250, "2.0.0", "Reset OK")  # RFC 5321 §4.1.1.5
 NOOP_OK = Reply(250, "2.0.0", "OK")  # RFC 5321 §4.1.1.9
 CLOSING = Reply(221, "2.0.0", "Bye")  # RFC 5321 §4.1.1.10
 VRFY_CANNOT = Reply(252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery")  # RFC 5321 §3.5.3
-HELP = Reply(214, "2.0.0", "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS; see RFC 5321")  # RFC 5321 §4.1.1.8
+HELP = Reply(214, "2.0.0", "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS AUTH; see RFC 5321")  # RFC 5321 §4.1.1.8
 READY_TLS = Reply(220, "2.0.0", "Ready to start TLS")  # RFC 3207 §4
 CHUNK_OK = Reply(250, "2.0.0", "Chunk accepted")  # RFC 3030 §2
 START_DATA = Reply(354, "", "End data with <CR><LF>.<CR><LF>")  # RFC 5321 §4.1.1.4
+AUTH_OK = Reply(235, "2.7.0", "Authentication successful")  # RFC 4954 §6
 
 # 4xx
 SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down, closing connection")  # RFC 3463 X.3.2
@@ -62,6 +63,7 @@ TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")  # RFC 5321 §4
 TLS_UNAVAILABLE = Reply(454, "4.7.0", "TLS not available")  # RFC 3207 §4
 LOCAL_PROCESSING_ERROR = Reply(451, "4.3.0", "Local error in processing, try again later")  # RFC 5321 §4.2.3
 TEMP_RECIPIENT_FAILURE = Reply(451, "4.3.0", "Temporary recipient lookup failure")  # RFC 3463 X.3.0
+AUTH_TEMPORARY_FAILURE = Reply(454, "4.7.0", "Temporary authentication failure, try again later")  # RFC 4954 §6 (the throttle blocks this client)
 
 # 5xx syntax and sequence
 LINE_TOO_LONG = Reply(500, "5.5.2", "Line too long")  # RFC 5321 §4.5.3.1.4, RFC 3463 X.5.2
@@ -80,6 +82,14 @@ MIXED_DATA_BDAT = Reply(503, "5.5.1", "DATA and BDAT cannot be mixed")  # RFC 30
 UNKNOWN_PARAMETER = Reply(555, "5.5.4", "Unsupported MAIL/RCPT parameter")  # RFC 5321 §4.1.1.11
 ALREADY_TLS = Reply(503, "5.5.1", "TLS already active")  # RFC 3207 §4
 TLS_NO_PARAMETERS = Reply(501, "5.5.4", "STARTTLS takes no parameters")  # RFC 3207 §4
+AUTH_SYNTAX = Reply(501, "5.5.4", "Syntax: AUTH mechanism [initial-response]")  # RFC 4954 §4
+AUTH_NEEDS_EHLO = Reply(503, "5.5.1", "Send EHLO first")  # RFC 4954 §3: AUTH is an EHLO extension
+ALREADY_AUTHENTICATED = Reply(503, "5.5.1", "Already authenticated")  # RFC 4954 §4: a second AUTH gets 503
+AUTH_IN_TRANSACTION = Reply(503, "5.5.1", "AUTH not permitted during a mail transaction")  # RFC 4954 §4
+AUTH_UNKNOWN_MECHANISM = Reply(504, "5.5.4", "Unrecognized authentication type")  # RFC 4954 §4, §6
+AUTH_CANCELLED = Reply(501, "5.0.0", "Authentication cancelled")  # RFC 4954 §4: client sent "*"
+AUTH_BAD_BASE64 = Reply(501, "5.5.2", "Invalid base64 data")  # RFC 4954 §4
+AUTH_LINE_TOO_LONG = Reply(500, "5.5.6", "Authentication exchange line is too long")  # RFC 4954 §6
 
 # 5xx policy and content
 RELAY_DENIED = Reply(554, "5.7.1", "Relay access denied")  # RFC 5321 §3.6.2, RFC 3463 X.7.1
@@ -91,6 +101,10 @@ MAIL_LOOP = Reply(554, "5.4.6", "Too many Received headers: mail loop")  # RFC 5
 NEED_SMTPUTF8 = Reply(553, "5.6.7", "Non-ASCII address requires SMTPUTF8")  # RFC 6531 §3.5
 BODY_8BIT_DENIED = Reply(554, "5.6.1", "BODY=BINARYMIME not supported")  # RFC 3030 §3
 NEED_BDAT_SIZE = Reply(501, "5.5.4", "Syntax: BDAT size [LAST]")  # RFC 3030 §2
+AUTH_REQUIRED = Reply(530, "5.7.0", "Authentication required")  # RFC 4954 §6: submission needs AUTH first
+AUTH_NEEDS_TLS = Reply(538, "5.7.11", "Encryption required for requested authentication mechanism")  # RFC 4954 §6, Postfix smtpd_tls_auth_only
+AUTH_FAILED = Reply(535, "5.7.8", "Authentication credentials invalid")  # RFC 4954 §6
+SENDER_NOT_OWNED = Reply(553, "5.7.1", "Sender address not owned by the authenticated user")  # Postfix reject_sender_login_mismatch, RFC 3463 X.7.1
 TOO_MANY_ERRORS = Reply(421, "4.7.0", "Too many errors, closing connection")  # Postfix smtpd_hard_error_limit
 
 FAILURE_REPLIES: dict[FailureKind, Reply] = {
@@ -114,6 +128,12 @@ def ehlo(hostname: str, client: str, extensions: list[str]) -> Reply:
 
 def helo(hostname: str) -> Reply:
     return Reply(250, "", hostname)
+
+
+def challenge(encoded: bytes) -> Reply:
+    """RFC 4954 §4: "334 " and a base64 server challenge (empty for PLAIN without an initial
+    response); an intermediate reply, so no enhanced status code."""
+    return Reply(334, "", encoded.decode("ascii"))
 
 
 def queued(queue_id: str) -> Reply:

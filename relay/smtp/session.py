@@ -2,11 +2,14 @@
 
 Feeds received octets to the machine, runs the decisions it asks for (policy inline,
 intake as a task with reading paused so replies stay in order), writes one buffer per
-pipelined batch (RFC 2920), keeps the idle timer (RFC 5321 §4.5.3.2) and performs
-STARTTLS (RFC 3207). Anything unexpected is logged and answered 421 4.3.0; the
-worker never dies of one session.
+pipelined batch (RFC 2920), keeps the idle timer (RFC 5321 §4.5.3.2), performs
+STARTTLS (RFC 3207) and checks SMTP AUTH passwords (RFC 4954) through the shared
+throttled Authenticator. One Listener serves port 25 (smtp), submission with STARTTLS
+(587) or with implicit TLS (465, RFC 8314). Anything unexpected is logged and answered
+421 4.3.0; the worker never dies of one session.
 
-Imports: asyncio, relay.smtp.{machine,events,policy,replies}, relay.intake, relay.metrics.
+Imports: asyncio, relay.smtp.{machine,events,policy,replies}, relay.intake,
+relay.auth.login (the Authenticator every protocol shares), relay.metrics.
 """
 
 from __future__ import annotations
@@ -16,14 +19,23 @@ import itertools
 import logging
 import ssl
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from relay import metrics
 from relay.intake import Intake, SessionInfo
+from relay.auth.login import Authenticator, LoginResult
 from relay.smtp import replies as R
-from relay.smtp.events import Closed, MailFrom, MessageReceived, RcptTo, Signal, StartTls
+from relay.smtp.events import (
+    Authenticate,
+    Closed,
+    MailFrom,
+    MessageReceived,
+    RcptTo,
+    Signal,
+    StartTls,
+)
 from relay.smtp.machine import ServerMachine, SmtpSettings, State
-from relay.smtp.policy import Peer, RecipientPolicy, is_trusted
+from relay.smtp.policy import Peer, RecipientPolicy, check_sender, is_trusted
 
 log = logging.getLogger("relay.smtp")
 _ids = itertools.count(1)
@@ -41,6 +53,9 @@ class Listener:
     max_connections: int
     max_per_ip: int
     tls_context: ssl.SSLContext | None
+    auth: Authenticator | None = None  # SMTP AUTH; settings.auth_available says the same
+    implicit_tls: bool = False  # submissions (465): TLS from the first octet, RFC 8314
+    name: str = "smtp"  # for logs: smtp | submission | submissions
     sessions: set[SmtpSession] = field(default_factory=set)
     per_ip: Counter[str] = field(default_factory=Counter)
     stopping: bool = False
@@ -58,7 +73,7 @@ class SmtpSession(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
         self.id = f"s{next(_ids)}"
         self.transport: asyncio.Transport | None = None
-        self.machine = ServerMachine(listener.settings)
+        self.machine = ServerMachine(listener.settings, tls_active=listener.implicit_tls)
         self.peer = Peer("", False)
         self._busy = False  # a decision task is running; reading is paused
         self._closing = False
@@ -129,7 +144,10 @@ class SmtpSession(asyncio.Protocol):
                 refusal = self.listener.policy.check(self.peer, event.recipient)
                 machine.accept() if refusal is None else machine.reject(refusal)
             elif isinstance(event, MailFrom):
-                machine.accept()
+                refusal = check_sender(self.peer, event.sender)
+                machine.accept() if refusal is None else machine.reject(refusal)
+            elif isinstance(event, Authenticate):
+                self._start(self._login(event))
             elif isinstance(event, MessageReceived):
                 self._start(self._queue(event))
             elif isinstance(event, StartTls):
@@ -175,6 +193,19 @@ class SmtpSession(asyncio.Protocol):
         reply = await self.listener.intake.submit(event, info)
         m.accept(reply) if reply.is_positive else m.reject(reply)
 
+    async def _login(self, event: Authenticate) -> None:
+        auth = self.listener.auth
+        assert auth is not None  # the machine offers AUTH only when settings say so
+        result, account = await auth.login("smtp", self.peer.address, event.user,
+                                           event.password)
+        if result is not LoginResult.OK:
+            self.machine.auth_failed(temporary=result is LoginResult.BLOCKED)
+            return
+        self.peer = replace(self.peer, authenticated=account)
+        log.info("%s %s login user=<%s> ip=%s mechanism=%s", self.id, self.listener.name,
+                 account, self.peer.address, event.mechanism)
+        self.machine.auth_ok(account)
+
     async def _upgrade(self) -> None:
         assert self.transport is not None and self.listener.tls_context is not None
         try:
@@ -187,6 +218,7 @@ class SmtpSession(asyncio.Protocol):
             self.transport.abort()
             return
         self.transport = transport  # type: ignore[assignment]
+        self.peer = replace(self.peer, authenticated=None)  # RFC 3207 §4.2: start afresh
         self.machine.tls_started()
         log.debug("%s TLS established", self.id)
 

@@ -17,7 +17,7 @@ import pytest
 from relay.auth.accounts import AccountStore
 from relay.auth.throttle import ConnectionLimiter
 from relay.mda.imap.session import ImapListener, ImapSession
-from relay.mda.login import Authenticator
+from relay.auth.login import Authenticator
 from relay.mda.maildir import MaildirStore
 from relay.mda.store import MailStore
 

@@ -243,6 +243,53 @@ def test_received_helo_cannot_inject_header_lines(intake_submit: Submit) -> None
     assert header.count(b"\r\n") == 3
 
 
+# ---- submission completion (RFC 6409 §8) ------------------------------------------------
+
+AUTHENTICATED = SessionInfo(session_id="s1", peer="192.0.2.7", helo="client.example",
+                            esmtp=True, tls=True, authenticated=True)
+
+
+def test_submission_without_date_and_message_id_gets_both_after_received(
+        intake_submit: Submit) -> None:
+    out = intake_submit(message(), AUTHENTICATED)
+    (env, body), = out.stored
+    header = received_header(body)
+    rest = body[len(header):]
+    date, message_id, original = rest.split(b"\r\n", 2)
+    assert date.startswith(b"Date: ")
+    assert email.utils.parsedate_to_datetime(date[6:].decode()).tzinfo is not None
+    assert message_id == b"Message-ID: <" + env.id.encode() + b"@mx.example.test>"
+    assert original == BODY
+    assert env.size == len(body)
+
+
+def test_submission_with_date_and_message_id_is_left_alone(intake_submit: Submit) -> None:
+    original = (b"Date: Mon, 1 Jan 2024 00:00:00 +0000\r\nMessage-ID: <x@client.example>\r\n"
+                + BODY)
+    (_, body), = intake_submit(message(body=original), AUTHENTICATED).stored
+    assert body == received_header(body) + original
+
+
+def test_submission_with_only_a_date_gets_only_a_message_id(intake_submit: Submit) -> None:
+    original = b"date: Mon, 1 Jan 2024 00:00:00 +0000\r\n" + BODY
+    (env, body), = intake_submit(message(body=original), AUTHENTICATED).stored
+    assert body == (received_header(body) + b"Message-ID: <" + env.id.encode()
+                    + b"@mx.example.test>\r\n" + original)
+
+
+def test_date_in_the_body_does_not_count(intake_submit: Submit) -> None:
+    original = b"Subject: x\r\n\r\nDate: in the body\r\nMessage-ID: <also@body>\r\n"
+    (_, body), = intake_submit(message(body=original), AUTHENTICATED).stored
+    rest = body[len(received_header(body)):]
+    assert rest.startswith(b"Date: ") and b"\r\nMessage-ID: <" in rest
+    assert rest.endswith(original)
+
+
+def test_relayed_mail_is_not_completed(intake_submit: Submit) -> None:
+    (_, body), = intake_submit(message()).stored
+    assert body == received_header(body) + BODY
+
+
 # ---- mail loops (RFC 5321 §6.3) ---------------------------------------------------------
 
 

@@ -1,6 +1,6 @@
 """ImapSession: asyncio.Protocol glue between a socket and an ImapMachine (RFC 3501).
 
-Runs the decisions the machine asks for: login (throttled, relay.mda.login), command
+Runs the decisions the machine asks for: login (throttled, relay.auth.login), command
 execution against the mailbox store (commands.execute in a worker thread: the store
 blocks), STARTTLS, and IDLE (RFC 2177: the selected mailbox is synced about every
 `poll_interval` seconds, which costs a few stat()s, so deliveries by other processes show
@@ -38,7 +38,7 @@ from relay.mda.imap.machine import (
 )
 from relay.mda.imap.parser import MAX_APPEND
 from relay.mda.imap.responses import Transition
-from relay.mda.login import Authenticator, LoginResult, is_loopback
+from relay.auth.login import Authenticator, LoginResult, is_loopback
 from relay.mda.store import MailStore
 
 log = logging.getLogger("relay.imap")

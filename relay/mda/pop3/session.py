@@ -21,7 +21,7 @@ from typing import Any
 
 from relay import metrics
 from relay.auth.throttle import ConnectionLimiter
-from relay.mda.login import Authenticator, LoginResult, is_loopback
+from relay.auth.login import Authenticator, LoginResult, is_loopback
 from relay.mda.pop3.machine import (
     Authenticate,
     Closed,

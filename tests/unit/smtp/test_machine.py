@@ -1,19 +1,23 @@
 """ServerMachine driven with byte strings: exact reply octets and events (RFC 5321 and extensions).
 
 No sockets, no loop. `Dialogue` feeds bytes, drains next_event() answering every decision
-at once (accept, unless the test's `decide` says otherwise) and collects data_to_send().
+at once (accept, unless the test's `decide` says otherwise; Authenticate by `login`) and
+collects data_to_send().
 """
 
 from __future__ import annotations
 
 import re
+import base64
 from collections.abc import Callable
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from relay.smtp import replies as R
 from relay.smtp.events import (
+    Authenticate,
     Closed,
     Event,
     MailFrom,
@@ -23,7 +27,7 @@ from relay.smtp.events import (
     StartTls,
 )
 from relay.smtp.grammar import Mailbox
-from relay.smtp.machine import MAX_ERRORS, ServerMachine, SmtpSettings
+from relay.smtp.machine import MAX_AUTH_LINE, MAX_ERRORS, ServerMachine, SmtpSettings
 
 HOST = "mx.test"
 MAX_SIZE = 1000
@@ -33,7 +37,18 @@ TLS_SETTINGS = SmtpSettings(
     hostname=HOST, max_message_size=MAX_SIZE, max_recipients=MAX_RCPTS, tls_available=True
 )
 
+AUTH_SETTINGS = SmtpSettings(
+    hostname=HOST, max_message_size=MAX_SIZE, max_recipients=MAX_RCPTS, tls_available=True,
+    auth_available=True)
+SUBMISSION_SETTINGS = SmtpSettings(
+    hostname=HOST, max_message_size=MAX_SIZE, max_recipients=MAX_RCPTS, tls_available=True,
+    auth_available=True, auth_required=True)
+
 Decide = Callable[[Event], "R.Reply | None"]
+# Answers an Authenticate: the account on success, "" for bad credentials, None for a
+# temporary refusal (the throttle).
+Login = Callable[[Authenticate], "str | None"]
+PASSWORDS = {"alice@example.org": "secret", "long@example.org": "p" * 1000}
 
 EHLO_LINES = (
     b"250-mx.test greets client.example\r\n"
@@ -64,13 +79,19 @@ def accept_all(event: Event) -> R.Reply | None:
     return None
 
 
+def check_password(event: Authenticate) -> str | None:
+    account = event.user.lower()
+    return account if PASSWORDS.get(account) == event.password else ""
+
+
 class Dialogue:
     """One machine plus the glue's duties, done synchronously."""
 
     def __init__(self, settings: SmtpSettings = SETTINGS, decide: Decide = accept_all,
-                 tls_active: bool = False) -> None:
+                 tls_active: bool = False, login: Login = check_password) -> None:
         self.machine = ServerMachine(settings, tls_active=tls_active)
         self.decide = decide
+        self.login = login
         self.events: list[Event] = []
 
     def send(self, *chunks: bytes) -> bytes:
@@ -98,6 +119,12 @@ class Dialogue:
                     m.accept(reply)
                 else:
                     m.reject(reply)
+            elif isinstance(event, Authenticate):
+                account = self.login(event)
+                if account:
+                    m.auth_ok(account)
+                else:
+                    m.auth_failed(temporary=account is None)
 
     def of(self, kind: type) -> list:
         return [e for e in self.events if isinstance(e, kind)]
@@ -692,8 +719,8 @@ def test_vrfy_is_252_2_5_0() -> None:
 
 def test_help_is_214() -> None:
     assert greeted().send(b"HELP\r\n") == (
-        b"214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS;"
-        b" see RFC 5321\r\n")
+        b"214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS"
+        b" AUTH; see RFC 5321\r\n")
 
 
 def test_quit_is_221_and_closes() -> None:
@@ -774,6 +801,275 @@ def test_tls_started_forgets_the_transaction() -> None:
     d.machine.tls_started()
     d.send(b"EHLO client.example\r\n")
     assert d.send(b"RCPT TO:<bob@example.test>\r\n") == NEED_MAIL
+
+
+# ---- AUTH (RFC 4954) ---------------------------------------------------------------------------
+
+EHLO_REPLY_AUTH = EHLO_LINES + b"250-CHUNKING\r\n250 AUTH PLAIN LOGIN\r\n"
+AUTH_OK = b"235 2.7.0 Authentication successful\r\n"
+AUTH_FAILED = b"535 5.7.8 Authentication credentials invalid\r\n"
+
+
+def b64(text: str | bytes) -> bytes:
+    raw = text.encode() if isinstance(text, str) else text
+    return base64.b64encode(raw)
+
+
+def plain(user: str = "alice@example.org", password: str = "secret", authzid: str = "") -> bytes:
+    return b64(f"{authzid}\0{user}\0{password}")
+
+
+def tls_greeted(settings: SmtpSettings = AUTH_SETTINGS, login: Login = check_password) -> Dialogue:
+    """A session that started in TLS (or finished STARTTLS) and sent EHLO."""
+    d = Dialogue(settings, tls_active=True, login=login)
+    d.send(b"EHLO client.example\r\n")
+    return d
+
+
+def authenticated(settings: SmtpSettings = AUTH_SETTINGS) -> Dialogue:
+    d = tls_greeted(settings)
+    assert d.send(b"AUTH PLAIN " + plain() + b"\r\n") == AUTH_OK
+    return d
+
+
+def test_ehlo_in_tls_advertises_auth_plain_login() -> None:
+    d = Dialogue(AUTH_SETTINGS, tls_active=True)
+    assert d.send(b"EHLO client.example\r\n") == EHLO_REPLY_AUTH
+
+
+def test_ehlo_before_tls_does_not_advertise_auth() -> None:
+    # Postfix smtpd_tls_auth_only: passwords never cross an unencrypted connection.
+    assert Dialogue(AUTH_SETTINGS).send(b"EHLO client.example\r\n") == EHLO_REPLY_TLS
+
+
+def test_ehlo_after_starttls_advertises_auth() -> None:
+    d = Dialogue(AUTH_SETTINGS)
+    d.send(b"EHLO client.example\r\n", b"STARTTLS\r\n")
+    d.machine.tls_started()
+    assert d.send(b"EHLO client.example\r\n") == EHLO_REPLY_AUTH
+
+
+def test_ehlo_advertises_auth_without_tls_when_tls_not_required() -> None:
+    settings = SmtpSettings(hostname=HOST, max_message_size=MAX_SIZE, max_recipients=MAX_RCPTS,
+                            auth_available=True, auth_requires_tls=False)
+    assert Dialogue(settings).send(b"EHLO client.example\r\n") == (
+        EHLO_LINES + b"250-CHUNKING\r\n250 AUTH PLAIN LOGIN\r\n")
+
+
+def test_auth_plain_with_initial_response_is_235_2_7_0() -> None:
+    d = tls_greeted()
+    assert d.send(b"AUTH PLAIN " + plain() + b"\r\n") == AUTH_OK
+    assert d.of(Authenticate) == [Authenticate("alice@example.org", "secret", "PLAIN")]
+    assert d.machine.authenticated == "alice@example.org"
+
+
+def test_auth_plain_without_initial_response_sends_an_empty_challenge() -> None:
+    d = tls_greeted()
+    assert d.send(b"AUTH PLAIN\r\n") == b"334 \r\n"
+    assert d.send(plain() + b"\r\n") == AUTH_OK
+
+
+def test_auth_login_prompts_for_username_then_password() -> None:
+    d = tls_greeted()
+    assert d.send(b"AUTH LOGIN\r\n") == b"334 VXNlcm5hbWU6\r\n"  # "Username:"
+    assert d.send(b64("alice@example.org") + b"\r\n") == b"334 UGFzc3dvcmQ6\r\n"  # "Password:"
+    assert d.send(b64("secret") + b"\r\n") == AUTH_OK
+    assert d.of(Authenticate) == [Authenticate("alice@example.org", "secret", "LOGIN")]
+
+
+def test_auth_login_with_initial_username_prompts_for_password() -> None:
+    d = tls_greeted()
+    assert d.send(b"AUTH LOGIN " + b64("alice@example.org") + b"\r\n") == (
+        b"334 UGFzc3dvcmQ6\r\n")
+    assert d.send(b64("secret") + b"\r\n") == AUTH_OK
+
+
+def test_mechanism_name_is_case_insensitive() -> None:
+    assert tls_greeted().send(b"auth plain " + plain() + b"\r\n") == AUTH_OK
+
+
+def test_wrong_password_is_535_5_7_8_and_the_session_goes_on() -> None:
+    d = tls_greeted()
+    assert d.send(b"AUTH PLAIN " + plain(password="guess") + b"\r\n") == AUTH_FAILED
+    assert d.machine.authenticated == ""
+    assert d.send(b"AUTH PLAIN " + plain() + b"\r\n") == AUTH_OK
+
+
+def test_blocked_login_is_454_4_7_0() -> None:
+    d = tls_greeted(login=lambda event: None)
+    assert d.send(b"AUTH PLAIN " + plain() + b"\r\n") == (
+        b"454 4.7.0 Temporary authentication failure, try again later\r\n")
+
+
+def test_star_cancels_the_exchange_with_501_5_0_0() -> None:
+    d = tls_greeted()
+    assert d.send(b"AUTH LOGIN\r\n") == b"334 VXNlcm5hbWU6\r\n"
+    assert d.send(b"*\r\n") == b"501 5.0.0 Authentication cancelled\r\n"
+    assert d.of(Authenticate) == []
+    assert d.send(b"NOOP\r\n") == NOOP_OK  # back to commands
+
+
+def test_bad_base64_is_501_5_5_2() -> None:
+    assert tls_greeted().send(b"AUTH PLAIN not-base64!\r\n") == (
+        b"501 5.5.2 Invalid base64 data\r\n")
+
+
+def test_malformed_plain_response_is_535_5_7_8() -> None:
+    assert tls_greeted().send(b"AUTH PLAIN " + b64("no nul at all") + b"\r\n") == AUTH_FAILED
+
+
+def test_proxy_authorization_is_535_5_7_8() -> None:
+    d = tls_greeted()
+    assert d.send(b"AUTH PLAIN " + plain(authzid="bob@example.org") + b"\r\n") == AUTH_FAILED
+    assert d.of(Authenticate) == []
+
+
+def test_auth_before_tls_is_538_5_7_11() -> None:
+    d = Dialogue(AUTH_SETTINGS)
+    d.send(b"EHLO client.example\r\n")
+    assert d.send(b"AUTH PLAIN " + plain() + b"\r\n") == (
+        b"538 5.7.11 Encryption required for requested authentication mechanism\r\n")
+    assert d.of(Authenticate) == []
+
+
+def test_second_auth_is_503_5_5_1() -> None:
+    assert authenticated().send(b"AUTH PLAIN " + plain() + b"\r\n") == (
+        b"503 5.5.1 Already authenticated\r\n")
+
+
+def test_auth_during_a_transaction_is_503_5_5_1() -> None:
+    d = tls_greeted()
+    d.send(b"MAIL FROM:<alice@example.org>\r\n")
+    assert d.send(b"AUTH PLAIN " + plain() + b"\r\n") == (
+        b"503 5.5.1 AUTH not permitted during a mail transaction\r\n")
+
+
+def test_auth_when_not_offered_is_502_5_5_1() -> None:
+    d = Dialogue(TLS_SETTINGS, tls_active=True)
+    d.send(b"EHLO client.example\r\n")
+    assert d.send(b"AUTH PLAIN " + plain() + b"\r\n") == b"502 5.5.1 Command not implemented\r\n"
+
+
+def test_auth_before_ehlo_is_503_5_5_1() -> None:
+    d = Dialogue(AUTH_SETTINGS, tls_active=True)
+    assert d.send(b"AUTH PLAIN " + plain() + b"\r\n") == NEED_HELO
+
+
+def test_auth_after_helo_is_503_5_5_1() -> None:
+    d = Dialogue(AUTH_SETTINGS, tls_active=True)
+    d.send(b"HELO client.example\r\n")
+    assert d.send(b"AUTH PLAIN " + plain() + b"\r\n") == b"503 5.5.1 Send EHLO first\r\n"
+
+
+def test_unknown_mechanism_is_504_5_5_4() -> None:
+    assert tls_greeted().send(b"AUTH CRAM-MD5\r\n") == (
+        b"504 5.5.4 Unrecognized authentication type\r\n")
+
+
+@pytest.mark.parametrize("line", [b"AUTH\r\n", b"AUTH PLAIN a b\r\n"])
+def test_auth_syntax_error_is_501_5_5_4(line: bytes) -> None:
+    assert tls_greeted().send(line) == b"501 5.5.4 Syntax: AUTH mechanism [initial-response]\r\n"
+
+
+def test_auth_line_may_exceed_512_octets() -> None:
+    # RFC 4954 §4: AUTH with an initial response may be up to 12288 octets.
+    line = b"AUTH PLAIN " + plain("long@example.org", PASSWORDS["long@example.org"]) + b"\r\n"
+    assert len(line) > 512
+    assert tls_greeted().send(line) == AUTH_OK
+
+
+def test_sasl_response_over_the_limit_is_500_5_5_6_and_ends_the_exchange() -> None:
+    d = tls_greeted()
+    d.send(b"AUTH PLAIN\r\n")
+    assert d.send(b"A" * (MAX_AUTH_LINE + 10), b"A" * 100 + b"\r\n") == (
+        b"500 5.5.6 Authentication exchange line is too long\r\n")
+    assert d.send(b"NOOP\r\n") == NOOP_OK
+
+
+def test_commands_pipelined_after_auth_wait_for_the_decision() -> None:
+    # RFC 4954 §4: AUTH PLAIN with an initial response may be followed by pipelined commands.
+    d = tls_greeted(SUBMISSION_SETTINGS)
+    out = d.send(b"AUTH PLAIN " + plain() + b"\r\nMAIL FROM:<alice@example.org>\r\n")
+    assert out == AUTH_OK + SENDER_OK
+
+
+def test_machine_pauses_until_the_glue_answers_authenticate() -> None:
+    m = ServerMachine(AUTH_SETTINGS, tls_active=True)
+    m.receive_data(b"EHLO client.example\r\nAUTH PLAIN " + plain() + b"\r\nNOOP\r\n")
+    assert isinstance(m.next_event(), Authenticate)
+    assert m.next_event() is Signal.PAUSED
+    m.auth_ok("alice@example.org")
+    assert m.next_event() is Signal.NEED_DATA
+    assert m.data_to_send().endswith(AUTH_OK + NOOP_OK)
+
+
+def test_accept_on_a_pending_authenticate_is_a_glue_bug() -> None:
+    m = ServerMachine(AUTH_SETTINGS, tls_active=True)
+    m.receive_data(b"EHLO client.example\r\nAUTH PLAIN " + plain() + b"\r\n")
+    assert isinstance(m.next_event(), Authenticate)
+    with pytest.raises(RuntimeError):
+        m.accept()
+    m.auth_failed()
+    with pytest.raises(RuntimeError):
+        m.auth_ok("alice@example.org")
+
+
+def test_authenticate_repr_hides_the_password() -> None:
+    assert "secret" not in repr(Authenticate("alice@example.org", "secret", "PLAIN"))
+
+
+def test_rset_and_ehlo_keep_the_authentication() -> None:
+    d = authenticated()
+    d.send(b"RSET\r\nEHLO client.example\r\n")
+    assert d.machine.authenticated == "alice@example.org"
+
+
+def test_tls_started_forgets_the_authentication() -> None:
+    settings = SmtpSettings(hostname=HOST, max_message_size=MAX_SIZE, max_recipients=MAX_RCPTS,
+                            tls_available=True, auth_available=True, auth_requires_tls=False)
+    d = Dialogue(settings)
+    d.send(b"EHLO client.example\r\n")
+    assert d.send(b"AUTH PLAIN " + plain() + b"\r\n") == AUTH_OK
+    d.send(b"STARTTLS\r\n")
+    d.machine.tls_started()
+    assert d.machine.authenticated == ""
+
+
+def test_submission_mail_before_auth_is_530_5_7_0() -> None:
+    d = tls_greeted(SUBMISSION_SETTINGS)
+    assert d.send(b"MAIL FROM:<alice@example.org>\r\n") == (
+        b"530 5.7.0 Authentication required\r\n")
+    assert d.of(MailFrom) == []
+
+
+def test_submission_mail_after_auth_is_accepted() -> None:
+    d = authenticated(SUBMISSION_SETTINGS)
+    assert d.send(b"MAIL FROM:<alice@example.org>\r\n") == SENDER_OK
+
+
+def test_submission_before_tls_also_refuses_mail_with_530() -> None:
+    d = Dialogue(SUBMISSION_SETTINGS)
+    d.send(b"EHLO client.example\r\n")
+    assert d.send(b"MAIL FROM:<alice@example.org>\r\n") == (
+        b"530 5.7.0 Authentication required\r\n")
+
+
+def test_mail_auth_parameter_is_accepted_and_ignored() -> None:
+    # RFC 4954 §5: AUTH=<mailbox> or AUTH=<> names the original submitter.
+    d = authenticated()
+    assert d.send(b"MAIL FROM:<alice@example.org> AUTH=<>\r\n") == SENDER_OK
+    assert d.of(MailFrom)[0].sender == Mailbox("alice", "example.org")
+
+
+def test_mail_auth_parameter_without_auth_support_is_555() -> None:
+    assert greeted().send(b"MAIL FROM:<alice@example.org> AUTH=<>\r\n") == (
+        b"555 5.5.4 Unsupported MAIL/RCPT parameter\r\n")
+
+
+def test_failed_auth_counts_towards_the_error_limit() -> None:
+    d = tls_greeted()
+    out = d.send((b"AUTH PLAIN " + plain(password="guess") + b"\r\n") * MAX_ERRORS)
+    assert out == AUTH_FAILED * MAX_ERRORS + b"421 4.7.0 Too many errors, closing connection\r\n"
 
 
 # ---- SMTPUTF8 (RFC 6531) -----------------------------------------------------------------------
@@ -870,11 +1166,14 @@ _TOKENS = [
     b"RSET\r\n", b"NOOP\r\n", b"VRFY x\r\n", b"HELP\r\n", b"STARTTLS\r\n", b"QUIT\r\n",
     b"\r\n.\r\n", b".\r\n", b"..\r\n", b"\n.\n", b"\r.\r", b"\n", b"\r", b"\r\n", b".", b"\x00",
     b"x" * 600, b"y" * 1200 + b"\r\n", b"hello\r\n", b" ", b"FROB\r\n", b"\xff\xfe",
+    b"AUTH PLAIN " + base64.b64encode(b"\0alice@example.org\0secret") + b"\r\n",
+    b"AUTH PLAIN\r\n", b"AUTH LOGIN\r\n", b"AUTH LOGIN YWxpY2U=\r\n", b"AUTH X\r\n",
+    b"*\r\n", b"c2VjcmV0\r\n", b"=\r\n", b"MAIL FROM:<a@example.org> AUTH=<>\r\n",
 ]
 _REPLY_LINE = re.compile(rb"^(\d{3})([ -])(.*)$", re.S)
 _STATUS = re.compile(rb"^([245])\.\d{1,3}\.\d{1,3} ")
 _EHLO_KEYWORDS = {b"PIPELINING", b"SIZE", b"8BITMIME", b"ENHANCEDSTATUSCODES", b"SMTPUTF8",
-                  b"CHUNKING", b"STARTTLS"}
+                  b"CHUNKING", b"STARTTLS", b"AUTH"}
 _DECISIONS = [None, R.USER_UNKNOWN, R.RELAY_DENIED, R.QUEUE_FULL, R.queued("Q1"),
               R.TEMP_RECIPIENT_FAILURE, R.LOCAL_ERROR]
 
@@ -889,8 +1188,8 @@ def _check_reply_octets(out: bytes) -> None:
         if status:
             # RFC 3463 §2: the class digit equals the reply code's first digit.
             assert status.group(1) == code[:1], line
-        elif code == b"354":
-            pass  # intermediate reply: RFC 3463 has no class 3
+        elif code in (b"354", b"334"):
+            pass  # intermediate replies (DATA, AUTH challenge): RFC 3463 has no class 3
         else:
             # RFC 2034 §3: only the greeting and the EHLO/HELO reply go without one.
             assert code == b"250", line
@@ -899,8 +1198,10 @@ def _check_reply_octets(out: bytes) -> None:
 
 @settings(max_examples=200, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(data=st.data())
-def test_fuzz_machine_never_raises_and_replies_are_well_formed(data: st.DataObject) -> None:
+@given(data=st.data(), settings_=st.sampled_from([TLS_SETTINGS, AUTH_SETTINGS,
+                                                  SUBMISSION_SETTINGS]))
+def test_fuzz_machine_never_raises_and_replies_are_well_formed(
+        data: st.DataObject, settings_: SmtpSettings) -> None:
     pieces = data.draw(st.lists(
         st.one_of(st.sampled_from(_TOKENS), st.binary(max_size=40)), max_size=40))
     stream = b"".join(pieces)
@@ -908,7 +1209,9 @@ def test_fuzz_machine_never_raises_and_replies_are_well_formed(data: st.DataObje
     chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)]) if b > a]
     decisions = iter(data.draw(st.lists(st.sampled_from(_DECISIONS), min_size=64, max_size=64)))
 
-    m = ServerMachine(TLS_SETTINGS)
+    logins = iter(data.draw(st.lists(st.sampled_from(["alice@example.org", "", None]),
+                                     min_size=32, max_size=32)))
+    m = ServerMachine(settings_)
     out = []
     closed = False
     for chunk in [*chunks, b""]:
@@ -924,6 +1227,9 @@ def test_fuzz_machine_never_raises_and_replies_are_well_formed(data: st.DataObje
                     m.accept(reply)
                 else:
                     m.reject(reply)
+            elif isinstance(event, Authenticate):
+                account = next(logins, "")
+                m.auth_ok(account) if account else m.auth_failed(temporary=account is None)
             elif isinstance(event, StartTls):
                 m.tls_started()
             elif isinstance(event, Closed):

@@ -10,7 +10,7 @@ import pytest
 from relay.auth.accounts import AccountStore
 from relay.smtp import replies as R
 from relay.smtp.grammar import Mailbox
-from relay.smtp.policy import Peer, RecipientPolicy, is_trusted
+from relay.smtp.policy import Peer, RecipientPolicy, check_sender, is_trusted
 
 TRUSTED = Peer("127.0.0.1", trusted=True)
 STRANGER = Peer("203.0.113.9", trusted=False)
@@ -103,6 +103,34 @@ def test_address_literal_is_remote(policy: RecipientPolicy) -> None:
 def test_is_local(policy: RecipientPolicy) -> None:
     assert policy.is_local(Mailbox("x", "example.test"))
     assert not policy.is_local(Mailbox("x", "example.org"))
+
+
+# ---- sender of an authenticated client (Postfix reject_sender_login_mismatch) ----------------
+
+ALICE = Peer("203.0.113.9", trusted=False, authenticated="alice@example.test")
+SENDER_NOT_OWNED = b"553 5.7.1 Sender address not owned by the authenticated user\r\n"
+
+
+def test_unauthenticated_sender_is_not_restricted() -> None:
+    assert check_sender(STRANGER, Mailbox("bob", "example.test")) is None
+    assert check_sender(TRUSTED, None) is None
+
+
+@pytest.mark.parametrize("sender", [Mailbox("alice", "example.test"),
+                                    Mailbox("Alice", "EXAMPLE.test."),
+                                    Mailbox("alice+lists", "example.test")])
+def test_authenticated_client_may_send_as_its_account_or_a_subaddress(sender: Mailbox) -> None:
+    assert check_sender(ALICE, sender) is None
+
+
+@pytest.mark.parametrize("sender", [Mailbox("bob", "example.test"),
+                                    Mailbox("alice", "other.test"),
+                                    Mailbox("alicex", "example.test"),
+                                    None])
+def test_authenticated_client_sending_as_another_is_553_5_7_1(sender: Mailbox | None) -> None:
+    reply = check_sender(ALICE, sender)
+    assert reply == R.SENDER_NOT_OWNED
+    assert reply.encode() == SENDER_NOT_OWNED
 
 
 # ---- is_trusted --------------------------------------------------------------------------------

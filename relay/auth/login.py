@@ -1,4 +1,4 @@
-"""Login: password checks for the mailbox protocols, with the brute-force throttle.
+"""Login: password checks for POP3, IMAP and SMTP AUTH, with the brute-force throttle.
 
 Argon2id verification is deliberately slow (tens of ms), so it runs in a thread; a
 client past its failure budget waits the throttle's delay before hearing the answer, and
