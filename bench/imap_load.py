@@ -154,6 +154,7 @@ class Conn:
         except (OSError, RuntimeError) as exc:
             raise ImapProtocolError("closed", str(exc)) from None
         untagged = []
+        shown = text if not text.upper().startswith(b"LOGIN ") else text.rsplit(b" ", 1)[0] + b" ***"
         try:
             async with asyncio.timeout(self.timeout):
                 while True:
@@ -161,19 +162,19 @@ class Conn:
                     if resp.startswith(tag + b" "):
                         break
                     if resp.startswith(b"* BYE") and text != b"LOGOUT":
-                        raise ImapProtocolError("BYE", f"C: {tag.decode()} {text.decode('latin-1')[:120]} -> "
+                        raise ImapProtocolError("BYE", f"C: {tag.decode()} {shown.decode('latin-1')[:120]} -> "
                                                        f"S: {resp.decode('latin-1').strip()[:300]}")
                     if resp.startswith(b"+"):
                         raise ImapProtocolError("protocol", f"unexpected continuation after "
                                                             f"{text[:60]!r}: {resp[:100]!r}")
                     untagged.append((resp, lits))
         except TimeoutError:
-            raise ImapProtocolError("timeout", f"C: {tag.decode()} {text.decode('latin-1')[:120]} -> "
+            raise ImapProtocolError("timeout", f"C: {tag.decode()} {shown.decode('latin-1')[:120]} -> "
                                                f"no tagged response within {self.timeout:.0f}s") from None
         status = resp[len(tag) + 1:len(tag) + 4].upper()
         if status != b"OK ":
             kind = "NO" if status.startswith(b"NO") else "BAD" if status.startswith(b"BAD") else "other"
-            raise ImapProtocolError(kind, f"C: {tag.decode()} {text.decode('latin-1')[:120]} -> "
+            raise ImapProtocolError(kind, f"C: {tag.decode()} {shown.decode('latin-1')[:120]} -> "
                                           f"S: {resp.decode('latin-1').strip()[:300]}")
         return resp, untagged
 
@@ -357,47 +358,20 @@ class _Run:
                 return
             await ready.wait()
             exists = 0
-            k = idx
+            turn = idx
             if cfg.op != "mix":
                 exists = await self.select(conn)
             while not self.done():
-                if cfg.op in ("mix", "select"):
-                    exists = await self.select(conn)
+                try:
+                    exists = await self.iteration(conn, rng, exists, turn)
+                except ImapProtocolError as exc:
+                    if exc.kind not in ("NO", "BAD", "other"):
+                        raise              # the connection is unusable: this client stops
+                    self.fail(exc)         # a refused command: counted, the loop goes on
+                turn += 1
                 if not exists:
-                    self.anomaly("empty", "SELECT INBOX reported 0 messages")
+                    self.anomaly("empty", "SELECT INBOX reported 0 messages (or failed)")
                     break
-                if cfg.op in ("mix", "fetch_headers"):
-                    a = rng.randint(1, max(1, exists - WINDOW + 1))
-                    b = min(exists, a + WINDOW - 1)
-                    ut = await self.timed("fetch_headers", conn, b"FETCH %d:%d " % (a, b) + HEADER_FIELDS)
-                    # only the responses carrying the header literal: other clients' STOREs
-                    # may add unsolicited "* n FETCH (FLAGS ...)" updates
-                    n = sum(1 for r, ls in ut if ls and b" FETCH " in r[:20])
-                    if n != b - a + 1:
-                        self.anomaly("fetch_headers", f"FETCH {a}:{b}: {n} FETCH responses, expected {b - a + 1}")
-                if cfg.op in ("mix", "fetch_body"):
-                    m = rng.randint(1, exists)
-                    ut = await self.timed("fetch_body", conn, b"FETCH %d BODY.PEEK[]" % m)
-                    lits = [s for r, ls in ut if b" FETCH " in r[:20] for s in ls]
-                    if not lits or not lits[0]:
-                        self.anomaly("fetch_body", f"FETCH {m} BODY.PEEK[]: no message literal "
-                                                   f"({[r[:80] for r, _ in ut][:2]})")
-                if cfg.op in ("mix", "store"):
-                    m = rng.randint(1, exists)
-                    sign = b"+" if rng.random() < 0.5 else b"-"
-                    await self.timed("store", conn, b"STORE %d %sFLAGS (\\Flagged)" % (m, sign))
-                if cfg.op in ("mix", "search"):
-                    key, crit = SEARCHES[k % len(SEARCHES)]
-                    k += 1
-                    ut = await self.timed("search", conn, b"UID SEARCH " + crit, key)
-                    hits = None
-                    for r, _ in ut:
-                        if r.upper().startswith(b"* SEARCH"):
-                            hits = len(r[8:].split())
-                    if hits is None:
-                        self.anomaly("search", f"UID SEARCH {crit.decode()}: no * SEARCH response")
-                    else:
-                        self.search_counts[key].add(hits)
             try:
                 conn.timeout = 5.0
                 await conn.command(b"LOGOUT")
@@ -408,6 +382,47 @@ class _Run:
         finally:
             self.rx += conn.rx
             conn.close()
+
+    async def iteration(self, conn: Conn, rng: random.Random, exists: int, turn: int) -> int:
+        """One loop of the client's operation(s); returns the mailbox size it knows."""
+        op = self.cfg.op
+        if op in ("mix", "select"):
+            exists = await self.select(conn)
+            if not exists:
+                return 0
+        if op in ("mix", "fetch_headers"):
+            a = rng.randint(1, max(1, exists - WINDOW + 1))
+            b = min(exists, a + WINDOW - 1)
+            ut = await self.timed("fetch_headers", conn, b"FETCH %d:%d " % (a, b) + HEADER_FIELDS)
+            # only the responses carrying the header literal: other clients' STOREs
+            # may add unsolicited "* n FETCH (FLAGS ...)" updates
+            n = sum(1 for r, ls in ut if ls and b" FETCH " in r[:20])
+            if n != b - a + 1:
+                self.anomaly("fetch_headers", f"FETCH {a}:{b}: {n} FETCH responses with a literal, "
+                                              f"expected {b - a + 1}")
+        if op in ("mix", "fetch_body"):
+            m = rng.randint(1, exists)
+            ut = await self.timed("fetch_body", conn, b"FETCH %d BODY.PEEK[]" % m)
+            lits = [x for r, ls in ut if b" FETCH " in r[:20] for x in ls]
+            if not lits or not lits[0]:
+                self.anomaly("fetch_body", f"FETCH {m} BODY.PEEK[]: no message literal "
+                                           f"({[r[:80] for r, _ in ut][:2]})")
+        if op in ("mix", "store"):
+            m = rng.randint(1, exists)
+            sign = b"+" if rng.random() < 0.5 else b"-"
+            await self.timed("store", conn, b"STORE %d %sFLAGS (\\Flagged)" % (m, sign))
+        if op in ("mix", "search"):
+            key, crit = SEARCHES[turn % len(SEARCHES)]
+            ut = await self.timed("search", conn, b"UID SEARCH " + crit, key)
+            hits = None
+            for r, _ in ut:
+                if r.upper().startswith(b"* SEARCH"):
+                    hits = len(r[8:].split())
+            if hits is None:
+                self.anomaly("search", f"UID SEARCH {crit.decode()}: no * SEARCH response")
+            else:
+                self.search_counts[key].add(hits)
+        return exists
 
     async def select(self, conn: Conn) -> int:
         ut = await self.timed("select", conn, b"SELECT INBOX")

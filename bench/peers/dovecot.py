@@ -36,7 +36,6 @@ import pwd
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 from bench.util import (LOOPBACK, BenchError, free_port, make_tmpdir, record_pid, rmtree,
