@@ -7,6 +7,14 @@ the points where RFC 3501 §7.4.1 / RFC 9051 §7.5.1 allow the server to report 
 Writes (store, append, copy, move, expunge) go to disk and index at once; other sessions,
 in this process or another, see them at their next sync().
 
+Views are cheap: each process keeps, per folder, one immutable `View` of the index (the
+messages at one UIDNEXT/HIGHESTMODSEQ), brought up to date incrementally from the index's
+changes-since-MODSEQ and shared by every session that has synced to it; a session copies
+it only while it holds changes of its own not yet synced. So a SELECT, a sync with nothing
+new, or a thousand IDLE sessions on one mailbox cost no per-message work or memory each.
+`Caches` (one per MailStore, so per process) holds what the IMAP server parses from the
+immutable message files, shared by all sessions and bounded in bytes.
+
 Everything here blocks (files, fsync, LMDB); the IMAP and POP3 sessions call it from a
 thread, never from the event loop. Several processes may use one account at once: index
 changes are LMDB write transactions, which also serialise our renames in cur/; Maildir
@@ -18,17 +26,21 @@ Imports: stdlib, relay.mda.{maildir,index}. Trust: names and flags come from IMA
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import enum
 import errno
 import fcntl
 import os
+import re
 import shutil
 import threading
+from array import array
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from relay.mda import maildir
 from relay.mda.index import INBOX_KEY, Entry, FolderState, IndexTxn, MailboxIndex
@@ -42,6 +54,9 @@ POP3_LOCK_FILE = "relay-pop3.lock"
 _SYSTEM_FLAGS = {f.lower(): f for f in ("\\Answered", "\\Deleted", "\\Draft", "\\Flagged",
                                         "\\Seen")}
 _ATOM_SPECIALS = frozenset('(){ %*"\\]')  # RFC 3501 §9 atom-specials (and resp-specials)
+HEADER_CHUNK = 16 * 1024  # reads of a header section
+HEADER_BATCH = 256  # header cache fills per transaction
+_BLANK_LINE = re.compile(rb"\n\r?\n")
 
 
 class StoreErrorKind(str, enum.Enum):
@@ -77,13 +92,15 @@ class FolderInfo:
 @dataclass(frozen=True, slots=True)
 class Message:
     """A message as a session sees it. `flags` are IMAP forms ("\\Seen", keywords);
-    `internaldate` is a POSIX time; `modseq` is its RFC 7162 mod-sequence."""
+    `internaldate` is a POSIX time; `modseq` is its RFC 7162 mod-sequence; `filename` its
+    name in cur/ when the view was made (a hint: it changes with the flags)."""
 
     uid: int
     flags: frozenset[str]
     size: int
     internaldate: float
     modseq: int
+    filename: str = field(default="", compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +116,208 @@ class Changes:
 
 
 def _message(e: Entry) -> Message:
-    return Message(e.uid, e.flags, e.size, e.internaldate, e.modseq)
+    return Message(e.uid, e.flags, e.size, e.internaldate, e.modseq, e.filename)
+
+
+_UNKNOWN: Any = object()
+
+
+class View:
+    """One folder's messages at one (UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ): immutable,
+    shared by the sessions of a process. `uids` ascending; `msgs` uid -> Message;
+    `mod_seqs`/`mod_uids` every message ordered by MODSEQ (what changed since a MODSEQ is
+    a bisect away); `keywords` every keyword seen in the folder (a superset: keywords of
+    expunged messages stay, as in Dovecot). Never mutate what it holds."""
+
+    __slots__ = ("uidvalidity", "uidnext", "highestmodseq", "uids", "msgs", "mod_seqs",
+                 "mod_uids", "keywords", "_first_unseen", "_unseen", "_size")
+
+    def __init__(self, st: FolderState, uids: list[int], msgs: dict[int, Message],
+                 mod_seqs: array, mod_uids: array, keywords: frozenset[str],
+                 first_unseen: Any = _UNKNOWN) -> None:
+        self.uidvalidity = st.uidvalidity
+        self.uidnext = st.uidnext
+        self.highestmodseq = st.highestmodseq
+        self.uids = uids
+        self.msgs = msgs
+        self.mod_seqs = mod_seqs
+        self.mod_uids = mod_uids
+        self.keywords = keywords
+        self._first_unseen = first_unseen  # uid, None (all seen) or _UNKNOWN
+        self._unseen: int | None = None
+        self._size: int | None = None
+
+    @classmethod
+    def build(cls, st: FolderState, entries: list[Entry]) -> View:
+        msgs = {e.uid: _message(e) for e in entries}
+        order = sorted((m.modseq, m.uid) for m in msgs.values())
+        return cls(st, list(msgs), msgs, array("Q", [o[0] for o in order]),
+                   array("Q", [o[1] for o in order]), _keywords({m.flags for m in msgs.values()}))
+
+    def advance(self, st: FolderState, changed: list[Entry], gone: list[int]) -> View:
+        """The view after `changed` (ascending MODSEQ, all above ours) and `gone`."""
+        msgs = self.msgs.copy()
+        mod_seqs, mod_uids = array("Q", self.mod_seqs), array("Q", self.mod_uids)
+        for uid in (*gone, *(e.uid for e in changed)):
+            old = msgs.get(uid)
+            if old is None:
+                continue
+            lo = bisect.bisect_left(mod_seqs, old.modseq)
+            hi = bisect.bisect_right(mod_seqs, old.modseq, lo)
+            i = mod_uids.index(uid, lo, hi)
+            del mod_seqs[i], mod_uids[i]
+            if uid in gone:
+                del msgs[uid]
+        added = []
+        first = self._first_unseen
+        for e in changed:
+            m = _message(e)
+            if e.uid not in msgs:
+                added.append(e.uid)
+            msgs[e.uid] = m
+            mod_seqs.append(m.modseq)
+            mod_uids.append(m.uid)
+            if first is not _UNKNOWN and "\\Seen" not in m.flags and (first is None
+                                                                      or m.uid < first):
+                first = m.uid
+        uids = self.uids
+        if gone:
+            uids = [u for u in uids if u in msgs]
+        if added:
+            added.sort()
+            uids = uids + added if not uids or added[0] > uids[-1] else sorted({*uids, *added})
+        if first is not _UNKNOWN and first is not None and (
+                first not in msgs or "\\Seen" in msgs[first].flags):
+            first = _UNKNOWN  # the first unseen one was read or expunged: look again
+        keywords = self.keywords
+        fresh = _keywords({e.flags for e in changed})
+        if not fresh <= keywords:
+            keywords = keywords | fresh
+        return View(st, uids, msgs, mod_seqs, mod_uids, keywords, first)
+
+    def first_unseen(self) -> int | None:
+        """The UID of the first message without \\Seen, or None."""
+        if self._first_unseen is _UNKNOWN:
+            msgs = self.msgs
+            self._first_unseen = next((u for u in self.uids if "\\Seen" not in msgs[u].flags),
+                                      None)
+        return self._first_unseen
+
+    def unseen(self) -> int:
+        if self._unseen is None:
+            self._unseen = sum("\\Seen" not in m.flags for m in self.msgs.values())
+        return self._unseen
+
+    def size(self) -> int:
+        if self._size is None:
+            self._size = sum(m.size for m in self.msgs.values())
+        return self._size
+
+    def changed_since(self, modseq: int) -> Iterable[int]:
+        """UIDs of the messages added or changed with a MODSEQ above `modseq`."""
+        return self.mod_uids[bisect.bisect_right(self.mod_seqs, modseq):]
+
+
+def _keywords(flag_sets: Iterable[frozenset[str]]) -> frozenset[str]:
+    return frozenset(f for fs in flag_sets for f in fs if not f.startswith("\\"))
+
+
+def latest_view(index: MailboxIndex, key: bytes, path: Path) -> View:
+    """The process's newest view of a folder, after picking up changes on disk.
+    Raises FileNotFoundError (folder directory gone) or KeyError (no index record)."""
+    st = index.refresh(key, path)
+    view = index.views.get(key)
+    if view is not None and (view.uidvalidity, view.uidnext, view.highestmodseq) == (
+            st.uidvalidity, st.uidnext, st.highestmodseq):
+        return view
+    with index.views_lock:  # one builder per folder; the others take its result
+        view = index.views.get(key)
+        with index.reading() as r:
+            st = r.folder(key)
+            if st is None:
+                raise KeyError(key)
+            if view is not None and (view.uidvalidity, view.uidnext, view.highestmodseq) == (
+                    st.uidvalidity, st.uidnext, st.highestmodseq):
+                return view
+            if (view is not None and view.uidvalidity == st.uidvalidity
+                    and st.expunge_floor <= view.highestmodseq <= st.highestmodseq):
+                changed, gone = r.changes_since(st.uidvalidity, view.highestmodseq)
+                view = view.advance(st, changed, gone)
+            else:
+                view = View.build(st, r.entries(st.uidvalidity))
+        index.views[key] = view
+        return view
+
+
+def read_header(f: BinaryIO) -> bytes:
+    """The octets of a message up to and including the blank line ending its header (the
+    whole file when there is none), read in chunks."""
+    data = b""
+    while True:
+        chunk = f.read(HEADER_CHUNK)
+        if not chunk:
+            return data
+        start = max(0, len(data) - 2)
+        data += chunk
+        if data.startswith(b"\r\n"):
+            return data[:2]
+        if data.startswith(b"\n"):
+            return data[:1]
+        m = _BLANK_LINE.search(data, start)
+        if m is not None:
+            return data[: m.end()]
+
+
+class LruCache:
+    """Values by key, least recently used dropped first beyond `max_bytes` (sizes as the
+    caller counts them); thread-safe. A value bigger than the bound is not kept."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[Any, tuple[Any, int]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: Any) -> Any:
+        with self._lock:
+            hit = self._items.get(key)
+            if hit is None:
+                return None
+            self._items.move_to_end(key)
+            return hit[0]
+
+    def put(self, key: Any, value: Any, size: int) -> None:
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self._bytes -= old[1]
+            if size > self.max_bytes:
+                return
+            self._items[key] = (value, size)
+            self._bytes += size
+            while self._bytes > self.max_bytes:
+                _, (_, n) = self._items.popitem(last=False)
+                self._bytes -= n
+
+    def pop(self, key: Any) -> None:
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self._bytes -= old[1]
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class Caches:
+    """What the servers of one process derive from message files (immutable, so never
+    stale), shared by all sessions: parsed headers, whole messages, SEARCH columns."""
+
+    def __init__(self, header_bytes: int = 16 << 20, message_bytes: int = 32 << 20,
+                 column_bytes: int = 32 << 20) -> None:
+        self.headers = LruCache(header_bytes)
+        self.messages = LruCache(message_bytes)
+        self.columns = LruCache(column_bytes)
 
 
 def normalise_flags(flags: Iterable[str]) -> frozenset[str]:
@@ -141,6 +359,7 @@ class MailStore:
         self._layout = maildir.MaildirStore(root)
         self._indexes: dict[Path, MailboxIndex] = {}
         self._lock = threading.Lock()
+        self.caches = Caches()
 
     def account(self, address: str) -> Account:
         """The account "local@domain" (already normalised); creates its Maildir if missing."""
@@ -153,7 +372,7 @@ class MailStore:
             index = self._indexes.get(path)
             if index is None:
                 index = self._indexes[path] = MailboxIndex.open(path)
-        return Account(address, path, index)
+        return Account(address, path, index, self.caches)
 
     def close(self) -> None:
         with self._lock:
@@ -165,10 +384,12 @@ class MailStore:
 class Account:
     """One user's mailboxes: folder management (RFC 3501 §6.3), subscriptions, POP3 lock."""
 
-    def __init__(self, address: str, path: Path, index: MailboxIndex) -> None:
+    def __init__(self, address: str, path: Path, index: MailboxIndex,
+                 caches: Caches | None = None) -> None:
         self.address = address
         self.path = path
         self.index = index
+        self.caches = caches if caches is not None else Caches()
 
     # ---- names -------------------------------------------------------------------------------
 
@@ -390,21 +611,28 @@ class Folder:
 
     The view (messages(), uidnext, highestmodseq) moves only at sync(), and by this
     object's own store() and expunge()/move(); store, expunge and copy act on the
-    messages in the view that still exist."""
+    messages in the view that still exist. The view is the process's shared `View` of
+    the folder as of the last sync, or a private copy of it holding this object's own
+    changes since (dropped again at the next sync)."""
 
     def __init__(self, account: Account, name: str, key: bytes, path: Path) -> None:
         self.account = account
         self.name = name
         self._key = key
         self._path = path
+        self._cur = path / "cur"
         self._index = account.index
         self.uidvalidity = 0
         st = self._refresh()
         self.uidvalidity = st.uidvalidity
         self._uidnext = st.uidnext
         self._highestmodseq = st.highestmodseq
-        self._view: dict[int, Message] = {}
-        self._synced = False
+        self._base: View | None = None  # the shared view of the last sync
+        self._msgs: dict[int, Message] = {}  # the view: _base's, or a private copy
+        self._uids: list[int] = []
+        self._private = False
+        self.files_opened = 0  # message files opened (for tests of what is read)
+        self.cache_id = (str(account.path), key)  # with uidvalidity and uid: cache keys
 
     def __repr__(self) -> str:
         return f"<Folder {self.account.address} {self.name!r} uidvalidity={self.uidvalidity}>"
@@ -436,6 +664,29 @@ class Folder:
             raise self._gone()
         return st
 
+    def _latest(self) -> View:
+        try:
+            view = latest_view(self._index, self._key, self._path)
+        except (FileNotFoundError, KeyError):
+            raise self._gone() from None
+        if view.uidvalidity != self.uidvalidity:
+            raise self._gone()
+        return view
+
+    @property
+    def watch_key(self) -> tuple[int, bytes]:
+        """Equal for the Folders of one mailbox in this process (IDLE polls once each)."""
+        return id(self._index), self._key
+
+    def latest(self) -> View:
+        """The process's newest view of this mailbox, leaving this one alone.
+        Raises StoreError(NONEXISTENT)."""
+        return self._latest()
+
+    def behind(self, view: View) -> bool:
+        """Whether a sync would move this view to `view` (or drop changes of its own)."""
+        return view is not self._base or self._private
+
     # ---- the view ------------------------------------------------------------------------------
 
     def sync(self) -> Changes:
@@ -444,36 +695,65 @@ class Folder:
         processes or Maildir tools. The first call returns every message as added. When
         nothing changed it costs three stat()s and one index read (fit for IDLE polling).
         Raises StoreError(NONEXISTENT) when the mailbox went away or was replaced."""
-        st = self._refresh()
-        if self._synced and (st.uidnext, st.highestmodseq) == (self._uidnext,
-                                                               self._highestmodseq):
-            return Changes([], [], [], st.uidnext, st.highestmodseq)
-        with self._index.reading() as r:
-            st = self._check(r)
-            view = {e.uid: _message(e) for e in r.entries(self.uidvalidity)}
-        old = self._view
-        added = [m for uid, m in view.items() if uid not in old]
-        expunged = [uid for uid in old if uid not in view]
-        flags = [m for uid, m in view.items() if uid in old and old[uid] != m]
-        self._view, self._synced = view, True
-        self._uidnext, self._highestmodseq = st.uidnext, st.highestmodseq
-        return Changes(added, expunged, flags, st.uidnext, st.highestmodseq)
+        latest = self._latest()
+        base = self._base
+        old_msgs, old_uids = self._msgs, self._uids
+        self._base, self._msgs, self._uids, self._private = (latest, latest.msgs, latest.uids,
+                                                             False)
+        self._uidnext, self._highestmodseq = latest.uidnext, latest.highestmodseq
+        if base is None:
+            return Changes([latest.msgs[u] for u in latest.uids], [], [], latest.uidnext,
+                           latest.highestmodseq)
+        if latest is base and old_msgs is latest.msgs:
+            return Changes([], [], [], latest.uidnext, latest.highestmodseq)
+        msgs = latest.msgs
+        added: list[Message] = []
+        flags: list[Message] = []
+        for uid in sorted(latest.changed_since(base.highestmodseq)):
+            m = msgs[uid]
+            old = old_msgs.get(uid)
+            if old is None:
+                added.append(m)
+            elif old != m:
+                flags.append(m)
+        if len(old_msgs) + len(added) == len(msgs):
+            expunged: list[int] = []  # every message we had is still there
+        else:
+            expunged = [u for u in old_uids if u not in msgs]
+        return Changes(added, expunged, flags, latest.uidnext, latest.highestmodseq)
 
     def messages(self) -> list[Message]:
         """The view as of the last sync, ascending UID (sequence number = position + 1)."""
-        return list(self._view.values())  # built and kept in UID order
+        msgs = self._msgs
+        return [msgs[u] for u in self._uids]
+
+    @property
+    def view_uids(self) -> list[int]:
+        """The view's UIDs, ascending (shared: never mutate it)."""
+        return self._uids
+
+    @property
+    def view_messages(self) -> dict[int, Message]:
+        """The view's messages by UID (shared: never mutate it)."""
+        return self._msgs
+
+    @property
+    def shared_view(self) -> View | None:
+        """The shared view this one equals, or None while it holds changes of its own."""
+        return None if self._private else self._base
+
+    def _own(self) -> None:
+        """Copy the shared view before changing it."""
+        if not self._private:
+            self._msgs, self._uids, self._private = dict(self._msgs), list(self._uids), True
 
     def status(self) -> dict[str, int]:
         """STATUS items (RFC 3501 §6.3.10, RFC 7162 HIGHESTMODSEQ, RFC 8438 SIZE) of the
         mailbox now, leaving this view alone. RECENT is always 0 (RFC 9051 drops it)."""
-        self._refresh()
-        with self._index.reading() as r:
-            st = self._check(r)
-            entries = r.entries(self.uidvalidity)
-        return {"MESSAGES": len(entries), "RECENT": 0, "UIDNEXT": st.uidnext,
-                "UIDVALIDITY": st.uidvalidity,
-                "UNSEEN": sum("\\Seen" not in e.flags for e in entries),
-                "HIGHESTMODSEQ": st.highestmodseq, "SIZE": sum(e.size for e in entries)}
+        view = self._latest()
+        return {"MESSAGES": len(view.msgs), "RECENT": 0, "UIDNEXT": view.uidnext,
+                "UIDVALIDITY": view.uidvalidity, "UNSEEN": view.unseen(),
+                "HIGHESTMODSEQ": view.highestmodseq, "SIZE": view.size()}
 
     # ---- reading -------------------------------------------------------------------------------
 
@@ -484,7 +764,7 @@ class Folder:
                 e = r.entry(self.uidvalidity, uid)
             if e is None:
                 return None
-            path = self._path / "cur" / e.filename
+            path = self._cur / e.filename
             if os.path.lexists(path):
                 return e, path
             if attempt == 0:
@@ -495,7 +775,7 @@ class Folder:
         """The message file, for streaming reads. Raises KeyError when `uid` is not in the
         view or was expunged. A concurrent flag change renames the file: on
         FileNotFoundError ask again (or use open())."""
-        if uid not in self._view:
+        if uid not in self._msgs:
             raise KeyError(uid)
         found = self._current(uid)
         if found is None:
@@ -504,9 +784,21 @@ class Folder:
 
     def open(self, uid: int) -> BinaryIO:
         """The message file opened for reading, retrying across concurrent renames."""
+        m = self._msgs.get(uid)
+        if m is None:
+            raise KeyError(uid)
+        if m.filename:
+            try:  # the name the view knows is right unless the flags changed since
+                f = open(self._cur / m.filename, "rb")  # noqa: SIM115
+                self.files_opened += 1
+                return f
+            except FileNotFoundError:
+                pass
         for _ in range(3):
             try:
-                return self.path(uid).open("rb")
+                f = self.path(uid).open("rb")
+                self.files_opened += 1
+                return f
             except FileNotFoundError:
                 continue
         raise KeyError(uid)
@@ -515,6 +807,40 @@ class Folder:
         """The whole message. Raises KeyError when it is gone."""
         with self.open(uid) as f:
             return f.read()
+
+    def headers(self, uids: Iterable[int]) -> dict[int, bytes]:
+        """The header sections of the messages `uids` of the view that can still be read:
+        from the index's header cache, else from their files (then cached there)."""
+        uids = [u for u in uids if u in self._msgs]
+        out: dict[int, bytes] = {}
+        if not uids:
+            return out
+        uv = self.uidvalidity
+        with self._index.reading() as r:
+            for uid in uids:
+                data = r.header(uv, uid)
+                if data is not None:
+                    out[uid] = data
+        fill: list[tuple[int, bytes]] = []
+        for uid in uids:
+            if uid in out:
+                continue
+            try:
+                with self.open(uid) as f:
+                    out[uid] = data = read_header(f)
+            except KeyError:
+                continue
+            fill.append((uid, data))
+        for i in range(0, len(fill), HEADER_BATCH):
+            self._cache_headers(fill[i:i + HEADER_BATCH])
+        return out
+
+    def _cache_headers(self, items: list[tuple[int, bytes]]) -> None:
+        with contextlib.suppress(StoreError), self._index.writing() as w:
+            self._check(w)
+            for uid, data in items:
+                if w.entry(self.uidvalidity, uid) is not None:  # not expunged meanwhile
+                    w.put_header(self.uidvalidity, uid, data)
 
     # ---- changes -------------------------------------------------------------------------------
 
@@ -526,12 +852,16 @@ class Folder:
         if mode not in ("+", "-", "="):
             raise ValueError(f"store mode {mode!r}")
         wanted = normalise_flags(flags)
-        cur = self._path / "cur"
+        cur = self._cur
         changed: list[Message] = []
+        targets = sorted({u for u in uids if u in self._msgs})
+        if not targets:
+            return changed
         with self._index.writing() as w:
             self._check(w)
             w.refresh(self._key, self._path)  # act on the flags in the file names now
-            for uid in sorted(set(uids) & self._view.keys()):
+            renamed = False
+            for uid in targets:
                 for attempt in range(2):
                     e = w.entry(self.uidvalidity, uid)
                     if e is None:
@@ -544,14 +874,19 @@ class Folder:
                     try:
                         if name != e.filename:
                             os.rename(cur / e.filename, cur / name)
+                            renamed = True
                     except FileNotFoundError:
                         if attempt == 0:  # renamed or removed by another Maildir tool
                             w.scan(self._key, self._path)
                         continue
                     changed.append(_message(w.update(self._key, e, name, new)))
                     break
-        for m in changed:
-            self._view[m.uid] = m
+            if renamed:
+                w.adopt_cur_mtime(self._key, self._path)
+        if changed:
+            self._own()
+            for m in changed:
+                self._msgs[m.uid] = m
         return changed
 
     def append(self, data: bytes, flags: Iterable[str] = (),
@@ -565,13 +900,15 @@ class Folder:
             st = maildir.write_file(tmp, data, internaldate)
         except FileNotFoundError:
             raise self._gone() from None
-        final = self._path / "cur" / maildir.with_flags(base, wanted)
+        final = self._cur / maildir.with_flags(base, wanted)
         try:
             with self._index.writing() as w:
                 self._check(w)
+                w.refresh(self._key, self._path)
                 os.rename(tmp, final)
                 maildir.fsync_dir(final.parent)
                 uid = w.add(self._key, final.name, wanted, st.st_size, st.st_mtime).uid
+                w.adopt_cur_mtime(self._key, self._path)
         except BaseException:
             tmp.unlink(missing_ok=True)
             final.unlink(missing_ok=True)  # the index refused it: the client hears NO
@@ -587,7 +924,7 @@ class Folder:
         self._refresh()  # copy the flags as they are now
         staged: list[tuple[Entry, str, Path]] = []
         try:
-            for uid in sorted(set(uids) & self._view.keys()):
+            for uid in sorted(set(uids) & self._msgs.keys()):
                 for _ in range(3):
                     found = self._current(uid)
                     if found is None:
@@ -610,12 +947,13 @@ class Folder:
 
     def _register(self, staged: list[tuple[Entry, str, Path]]) -> list[tuple[int, int]]:
         """Move staged files into cur/ and number them, in one transaction."""
-        cur = self._path / "cur"
+        cur = self._cur
         pairs: list[tuple[int, int]] = []
         placed: list[Path] = []
         try:
             with self._index.writing() as w:
                 self._check(w)
+                w.refresh(self._key, self._path)
                 for e, base, tmp in staged:
                     final = cur / maildir.with_flags(base, e.flags)
                     os.rename(tmp, final)
@@ -624,6 +962,7 @@ class Folder:
                     pairs.append((e.uid, new.uid))
                 if placed:
                     maildir.fsync_dir(cur)
+                    w.adopt_cur_mtime(self._key, self._path)
         except BaseException:
             for path in placed:
                 path.unlink(missing_ok=True)
@@ -641,15 +980,18 @@ class Folder:
         """EXPUNGE (RFC 3501 §6.4.3), or UID EXPUNGE (RFC 4315 §2.1) when `uids` is given:
         removes the view's messages flagged \\Deleted. Returns their UIDs ascending, now
         out of the view."""
-        return self._remove(list(self._view) if uids is None else uids, only_deleted=True)
+        return self._remove(list(self._uids) if uids is None else uids, only_deleted=True)
 
     def _remove(self, uids: list[int], only_deleted: bool) -> list[int]:
-        cur = self._path / "cur"
+        cur = self._cur
         gone: list[int] = []
+        targets = sorted({u for u in uids if u in self._msgs})
+        if not targets:
+            return gone
         with self._index.writing() as w:
             self._check(w)
             w.refresh(self._key, self._path)  # \Deleted as the file names say now
-            for uid in sorted(set(uids) & self._view.keys()):
+            for uid in targets:
                 for attempt in range(2):
                     e = w.entry(self.uidvalidity, uid)
                     if e is None or (only_deleted and "\\Deleted" not in e.flags):
@@ -665,6 +1007,11 @@ class Folder:
                     break
             if gone:
                 maildir.fsync_dir(cur)
-        for uid in gone:
-            del self._view[uid]
+                w.adopt_cur_mtime(self._key, self._path)
+        if gone:
+            self._own()
+            drop = set(gone)
+            for uid in gone:
+                del self._msgs[uid]
+            self._uids = [u for u in self._uids if u not in drop]
         return gone

@@ -169,3 +169,34 @@ def test_a_quiet_idle_gets_keepalives(server: Server) -> None:
         pass
     assert line == b"t1 OK IDLE terminated\r\n"
     box.logout()
+
+
+@settings(poll_interval=0.05)
+def test_every_idle_session_on_a_mailbox_hears_of_a_delivery(server: Server) -> None:
+    boxes = [server.client() for _ in range(3)]
+    for i, box in enumerate(boxes):
+        box.select("INBOX")
+        box.send(b"t%d IDLE\r\n" % i)
+        assert box.readline() == b"+ idling\r\n"
+    server.maildir.deliver(USER, b"Subject: one\r\n\r\n1\r\n")
+    for i, box in enumerate(boxes):
+        assert box.readline() == b"* 1 EXISTS\r\n"
+        box.send(b"DONE\r\n")
+        assert box.readline() == b"t%d OK IDLE terminated\r\n" % i
+        box.logout()
+
+
+def test_pipelined_commands_then_a_half_close_get_every_answer(server: Server) -> None:
+    for i in range(3):
+        server.maildir.deliver(USER, b"Subject: %d\r\n\r\n" % i + b"x" * 100_000 + b"\r\n")
+    s = raw(server)
+    s.sendall(b"a LOGIN una@example.test una-pw\r\nb SELECT INBOX\r\n"
+              b"c FETCH 1:* BODY.PEEK[]\r\nd NOOP\r\ne LOGOUT\r\n")
+    s.shutdown(socket.SHUT_WR)
+    received = b""
+    while chunk := s.recv(65536):
+        received += chunk
+    s.close()
+    assert received.count(b" FETCH (BODY[] {") == 3
+    for tag in (b"a", b"b", b"c", b"d", b"e"):
+        assert b"\r\n" + tag + b" OK " in b"\r\n" + received

@@ -67,6 +67,7 @@ def execute(ctx: Context, command: Command, out: Output) -> Done:
         done = SERVER_BUG
     if ctx.selected is not None and done.transition is None:
         allow = command.uid or command.name not in _NO_EXPUNGE
+        ctx.selected.cache.release()
         try:
             ctx.selected.updates(out, allow_expunge=allow, condstore=ctx.condstore)
         except MailboxGone:

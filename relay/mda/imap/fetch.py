@@ -28,7 +28,7 @@ from relay.mda.imap.responses import (
     internaldate,
     ok,
 )
-from relay.mda.imap.selected import Output, SelectedMailbox
+from relay.mda.imap.selected import PREFETCH, Output, SelectedMailbox
 
 # Items answered from the index alone.
 _INDEX_ITEMS = frozenset({"UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE", "MODSEQ"})
@@ -63,14 +63,27 @@ def fetch(ctx: Context, cmd: Command, out: Output) -> Done:
     if seen_now and not any(i.name == "FLAGS" for i in items):
         items.append(FetchItem("FLAGS"))
     missing = False
-    for seq, uid in targets:
-        try:
-            parts = [_item(selected, uid, item) for item in items]
-        except KeyError:
-            missing = True  # expunged by another session and no longer readable
-            continue
-        out.write(b"* %d FETCH (%s)\r\n" % (seq, b" ".join(parts)))
+    keys = [item.response_key().encode("latin-1") + b" " if item.section is not None
+            else b"" for item in items]
+    headers = any(_header_only(i) for i in items) and len(targets) > 1
+    for start in range(0, len(targets), PREFETCH):
+        chunk = targets[start:start + PREFETCH]
+        if headers:  # read the header sections of the chunk in one go
+            selected.cache.prefetch_headers([u for _, u in chunk])
+        for seq, uid in chunk:
+            try:
+                parts = [_item(selected, uid, item, key) for item, key in zip(items, keys)]
+            except KeyError:
+                missing = True  # expunged by another session and no longer readable
+                continue
+            out.write(b"* %d FETCH (%s)\r\n" % (seq, b" ".join(parts)))
     return EXPUNGE_ISSUED if missing else ok("FETCH completed")
+
+
+def _header_only(item: FetchItem) -> bool:
+    section = item.section
+    return item.name in ("ENVELOPE", "RFC822.HEADER") or (
+        section is not None and not section.part and section.text in _HEADER_TEXTS)
 
 
 def _sets_seen(item: FetchItem) -> bool:
@@ -78,8 +91,9 @@ def _sets_seen(item: FetchItem) -> bool:
                                        and not item.peek)
 
 
-def _item(selected: SelectedMailbox, uid: int, item: FetchItem) -> bytes:
-    """One "NAME value" pair of a FETCH response (RFC 3501 §7.4.2)."""
+def _item(selected: SelectedMailbox, uid: int, item: FetchItem, key: bytes) -> bytes:
+    """One "NAME value" pair of a FETCH response (RFC 3501 §7.4.2); `key` is the
+    item's response key and a space, for body sections."""
     name = item.name
     if name in _INDEX_ITEMS:
         m = selected.messages[uid]
@@ -110,7 +124,7 @@ def _item(selected: SelectedMailbox, uid: int, item: FetchItem) -> bytes:
     data = _section(selected, uid, section)
     if data is not None and item.partial is not None:
         data = partial(data, item.partial[0], item.partial[1])
-    return item.response_key().encode("latin-1") + b" " + _literal(data)
+    return key + _literal(data)
 
 
 def _section(selected: SelectedMailbox, uid: int, section: Section) -> bytes | None:

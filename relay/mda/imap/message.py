@@ -766,6 +766,7 @@ class Message:
     def __init__(self, raw: bytes) -> None:
         self.raw = raw
         self.root = _parse_entity(raw, 0, len(raw), _text_plain(), 0)
+        self._fields_memo: dict[Section, bytes] | None = None  # HEADER.FIELDS answers
 
     def envelope(self) -> bytes:
         """RFC 3501 §7.4.2 ENVELOPE, wire-ready."""
@@ -784,6 +785,18 @@ class Message:
         """
         if isinstance(spec, str):
             spec = parse_section(spec)
+        if spec.fields and not spec.part:
+            # Messages are shared and parsed once; clients ask the same fields each time.
+            memo = self._fields_memo
+            if memo is None:
+                memo = self._fields_memo = {}
+            hit = memo.get(spec)
+            if hit is None:
+                hit = _section(self.raw, self.root, spec)
+                assert hit is not None
+                if len(memo) < 8:
+                    memo[spec] = hit
+            return hit
         return _section(self.raw, self.root, spec)
 
     def header_values(self, name: str) -> list[str]:

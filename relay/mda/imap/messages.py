@@ -27,7 +27,7 @@ from relay.mda.imap.responses import (
     ok,
     sequence_set,
 )
-from relay.mda.imap.search import MessageInfo, matches
+from relay.mda.imap.search import compile_program
 from relay.mda.imap.selected import Output, SelectedMailbox
 from relay.mda.store import StoreError
 
@@ -56,8 +56,8 @@ def store(ctx: Context, cmd: Command, out: Output) -> Done:
             else:
                 kept.append((seq, uid))
         targets = kept
-    selected.store([u for _, u in targets], args.flags, _MODES[args.mode])
-    selected.note_keywords(out)
+    changed = selected.store([u for _, u in targets], args.flags, _MODES[args.mode])
+    selected.note_keywords(out, changed)
     if not args.silent:
         for _, uid in targets:
             if uid not in selected.pending_expunges:
@@ -84,6 +84,7 @@ def copy(ctx: Context, cmd: Command, out: Output) -> Done:
         return TRY_CREATE  # RFC 3501 §6.4.7
     if not uids:
         return ok(f"{cmd.name} completed")
+    before = selected.uids  # the numbering the client has (the Folder drops moved ones)
     pairs = (selected.folder.move if move else selected.folder.copy)(uids, target)
     code = None
     if pairs:
@@ -93,7 +94,7 @@ def copy(ctx: Context, cmd: Command, out: Output) -> Done:
         return ok("COPY completed", code)
     if code:
         out.write(f"* OK [{code}] Moved\r\n".encode())
-    selected.expunged([s for s, _ in pairs], out)
+    selected.expunged([s for s, _ in pairs], out, before)
     return ok("MOVE completed")
 
 
@@ -106,7 +107,8 @@ def expunge(ctx: Context, cmd: Command, out: Output) -> Done:
     if cmd.uid:
         assert isinstance(args, parser.Expunge) and args.sequence is not None
         uids = [u for _, u in selected.resolve(args.sequence, True)]
-    selected.expunged(selected.folder.expunge(uids), out)
+    before = selected.uids
+    selected.expunged(selected.folder.expunge(uids), out, before)
     return ok("EXPUNGE completed")
 
 
@@ -138,27 +140,52 @@ def _run(ctx: Context, selected: SelectedMailbox, key: SearchKey,
          uid: bool) -> tuple[list[int], int]:
     """Numbers (UIDs when `uid`) of the matching messages, and their highest MODSEQ."""
     now = dt.datetime.fromtimestamp(ctx.clock(), dt.timezone.utc)
-    last_seq = selected.exists
-    last_uid = selected.uids[-1] if selected.uids else 0
-    found: list[int] = []
-    highest = 0
-    for seq, u in enumerate(selected.uids, 1):
-        m = selected.messages[u]
-        info = MessageInfo(seq, u, m.flags, m.size,
-                           dt.datetime.fromtimestamp(m.internaldate, dt.timezone.utc), m.modseq)
-        if matches(key, info, _loader(selected, u), now, last_seq=last_seq, last_uid=last_uid):
-            found.append(u if uid else seq)
-            highest = max(highest, m.modseq)
+    uids = selected.uids
+    msgs = selected.messages
+    program = compile_program(key, now, last_seq=len(uids),
+                              last_uid=uids[-1] if uids else 0)
+    source = _Source(selected, program.fields)
+    test = program.test
+    if uid:
+        found = [u for seq, u in enumerate(uids, 1) if test(seq, u, msgs[u], source)]
+        highest = max((msgs[u].modseq for u in found), default=0)
+    else:
+        found = [seq for seq, u in enumerate(uids, 1) if test(seq, u, msgs[u], source)]
+        highest = max((msgs[uids[n - 1]].modseq for n in found), default=0)
     return found, highest
 
 
-def _loader(selected: SelectedMailbox, uid: int):  # type: ignore[no-untyped-def]
-    def load() -> Message:
+class _Source:
+    """What a SEARCH program reads beyond the index, from the session's MessageCache;
+    a message expunged meanwhile (no longer readable) matches no text."""
+
+    def __init__(self, selected: SelectedMailbox, fields: frozenset[str]) -> None:
+        self.cache = selected.cache
+        self.columns = self.cache.columns(list(selected.uids), fields) if fields else {}
+        self._last: tuple[int, tuple[str, str]] | None = None
+
+    def values(self, uid: int, field: str) -> tuple[str, ...]:
+        entry = self.columns.get(uid)
+        if entry is None:
+            return ()
+        return entry.get(field, ())
+
+    def header(self, uid: int) -> Message:
         try:
-            return selected.cache.message(uid)
+            return self.cache.header(uid)
         except KeyError:
-            return _EMPTY  # expunged meanwhile: matches no text
-    return load
+            return _EMPTY
+
+    def texts(self, uid: int) -> tuple[str, str]:
+        if self._last is not None and self._last[0] == uid:
+            return self._last[1]
+        try:
+            msg = self.cache.message(uid)
+        except KeyError:
+            msg = _EMPTY
+        out = (msg.header_text().casefold(), msg.body_text().casefold())
+        self._last = (uid, out)
+        return out
 
 
 def _esearch(tag: str, uid: bool, options: set[str], found: list[int],

@@ -105,8 +105,22 @@ def mailbox(name: str) -> bytes:
     return quoted(utf7.encode(name))
 
 
+_flag_lists: dict[frozenset[str], bytes] = {}
+
+
 def flag_list(flags: Iterable[str]) -> bytes:
     """"(\\Seen $Label)": system flags first in a fixed order, then keywords sorted."""
+    if isinstance(flags, frozenset):
+        hit = _flag_lists.get(flags)
+        if hit is None:
+            hit = _flag_list(flags)
+            if len(_flag_lists) < 4096:
+                _flag_lists[flags] = hit
+        return hit
+    return _flag_list(flags)
+
+
+def _flag_list(flags: Iterable[str]) -> bytes:
     ordered = sorted(flags, key=lambda f: (_SYSTEM_ORDER.get(f, len(_SYSTEM_ORDER)), f))
     return ("(" + " ".join(ordered) + ")").encode("ascii", "replace")
 

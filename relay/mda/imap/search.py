@@ -9,14 +9,22 @@ String matching is a case-insensitive substring test (RFC 3501 §6.4.4), done wi
 str.casefold() on header text with RFC 2047 words decoded, and on body text with transfer
 encodings and charsets undone (message.Message.body_text).
 
+`compile_program` is the same semantics turned into one closure per key, for running a
+program over a whole mailbox: constants (dates, needles, case-folded flags) are worked
+out once, header fields are read from a `Source` that keeps them decoded per folder, and
+the per-message work is a few comparisons. INTERNALDATE is a POSIX time there and its
+date is taken in UTC, as the server's MessageInfo always gives it.
+
 Imports: stdlib only, relay.mda.imap.parser and .message. No clock: `now` is a parameter.
 """
 
 from __future__ import annotations
 
+import calendar
 import datetime as dt
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from relay.mda.imap.message import Message
 from relay.mda.imap.parser import SearchKey, SequenceSet
@@ -183,3 +191,155 @@ def _compare(op: str, have: dt.date, want: dt.date) -> bool:
     if op == "ON":
         return have == want
     return have >= want  # SINCE: on or after
+
+
+# ---- compiled programs ----------------------------------------------------------------------
+
+
+class Source(Protocol):
+    """What a compiled program reads beyond the index: per message, on demand."""
+
+    def values(self, uid: int, field: str) -> tuple[str, ...]:
+        """Values of header field `field` (lower case), decoded and case-folded."""
+        ...
+
+    def header(self, uid: int) -> Message:
+        """A parse of the header (more may be parsed)."""
+        ...
+
+    def texts(self, uid: int) -> tuple[str, str]:
+        """The message's header text and body text, decoded and case-folded (for BODY
+        and TEXT; the source keeps the last one, as one message is tested by several
+        keys in a row)."""
+        ...
+
+
+class Facts(Protocol):
+    """A message as the index knows it (store.Message)."""
+
+    flags: frozenset[str]
+    size: int
+    internaldate: float
+    modseq: int
+
+
+Test = Callable[[int, int, Any, Source], bool]  # (seq, uid, facts, source)
+_lower_flags: dict[frozenset[str], frozenset[str]] = {}
+
+
+def _lowered(flags: frozenset[str]) -> frozenset[str]:
+    hit = _lower_flags.get(flags)
+    if hit is None:
+        hit = frozenset(f.lower() for f in flags)
+        if len(_lower_flags) < 4096:
+            _lower_flags[flags] = hit
+    return hit
+
+
+def _day(date: dt.date) -> int:
+    return calendar.timegm(date.timetuple())
+
+
+@dataclass(frozen=True, slots=True)
+class Program:
+    """A compiled SEARCH program: `test(seq, uid, facts, source)`; `fields` are the header
+    fields (lower case) whose values it may ask the source for."""
+
+    test: Test
+    fields: frozenset[str]
+    needs_text: bool  # BODY / TEXT / SENT* / HEADER "" need parses beyond field values
+
+
+def compile_program(key: SearchKey, now: dt.datetime, *, last_seq: int, last_uid: int,
+                    saved_uids: Collection[int] = frozenset()) -> Program:
+    """`key` as a Program; `now`, `last_seq`, `last_uid` and `saved_uids` as for matches()."""
+    fields: set[str] = set()
+    text = [False]
+    now_ts = now.timestamp()
+
+    def build(k: SearchKey) -> Test:  # noqa: C901 - one branch per key, like test()
+        name, args = k.name, k.args
+        if name in ("AND", "OR"):
+            parts = [build(a) for a in sorted(args, key=needs_message)]  # type: ignore
+            if len(parts) == 1:
+                return parts[0]
+            if name == "AND":
+                return lambda q, u, m, s: all(p(q, u, m, s) for p in parts)
+            return lambda q, u, m, s: any(p(q, u, m, s) for p in parts)
+        if name == "NOT":
+            inner = build(args[0])  # type: ignore[arg-type]
+            return lambda q, u, m, s: not inner(q, u, m, s)
+        if name == "ALL":
+            return lambda q, u, m, s: True
+        if name in _FLAG_KEYS:
+            flag, wanted = _FLAG_KEYS[name]
+            if wanted:
+                return lambda q, u, m, s: flag in _lowered(m.flags)
+            return lambda q, u, m, s: flag not in _lowered(m.flags)
+        if name == "NEW":  # RECENT UNSEEN
+            return lambda q, u, m, s: ("\\recent" in _lowered(m.flags)
+                                       and "\\seen" not in _lowered(m.flags))
+        if name in ("KEYWORD", "UNKEYWORD"):
+            word, want = str(args[0]).lower(), name == "KEYWORD"
+            return lambda q, u, m, s: (word in _lowered(m.flags)) == want
+        if name == "LARGER":
+            n = args[0]
+            return lambda q, u, m, s: m.size > n
+        if name == "SMALLER":
+            n = args[0]
+            return lambda q, u, m, s: m.size < n
+        if name in ("SEQ", "UID"):
+            seq: SequenceSet = args[0]  # type: ignore[assignment]
+            if seq.saved:
+                saved = frozenset(saved_uids)
+                return lambda q, u, m, s: u in saved
+            largest = last_seq if name == "SEQ" else last_uid
+            ranges = [(largest if a is None else a, largest if b is None else b)
+                      for a, b in seq.ranges]
+            ranges = [(min(a, b), max(a, b)) for a, b in ranges]
+            if name == "SEQ":
+                return lambda q, u, m, s: any(lo <= q <= hi for lo, hi in ranges)
+            return lambda q, u, m, s: any(lo <= u <= hi for lo, hi in ranges)
+        if name == "MODSEQ":
+            n = args[0]
+            return lambda q, u, m, s: m.modseq >= n
+        if name in ("BEFORE", "ON", "SINCE"):
+            start = _day(args[0])  # type: ignore[arg-type]
+            if name == "BEFORE":
+                return lambda q, u, m, s: m.internaldate < start
+            if name == "SINCE":
+                return lambda q, u, m, s: m.internaldate >= start
+            end = start + 86400
+            return lambda q, u, m, s: start <= m.internaldate < end
+        if name in ("SENTBEFORE", "SENTON", "SENTSINCE"):
+            text[0] = True
+            op, want = name[4:], args[0]
+
+            def sent(q: int, u: int, m: Any, s: Source) -> bool:
+                date = s.header(u).sent_date() or dt.datetime.fromtimestamp(
+                    m.internaldate, dt.timezone.utc).date()
+                return _compare(op, date, want)  # type: ignore[arg-type]
+            return sent
+        if name in ("OLDER", "YOUNGER"):
+            n = args[0]
+            if name == "OLDER":
+                return lambda q, u, m, s: now_ts - m.internaldate > n  # type: ignore
+            return lambda q, u, m, s: now_ts - m.internaldate <= n  # type: ignore
+        needle = str(args[-1]).casefold() if args else ""
+        if name in _ADDRESS_HEADERS or (name == "HEADER" and needle):
+            field = _ADDRESS_HEADERS.get(name) or str(args[0]).lower()
+            fields.add(field)
+            return lambda q, u, m, s: any(needle in v for v in s.values(u, field))
+        if name == "HEADER":  # an empty string matches any such field
+            text[0] = True
+            field = str(args[0])
+            return lambda q, u, m, s: s.header(u).has_header(field)
+        text[0] = True
+        if name == "BODY":
+            return lambda q, u, m, s: needle in s.texts(u)[1]
+        if name == "TEXT":
+            return lambda q, u, m, s: needle in s.texts(u)[0] or needle in s.texts(u)[1]
+        return lambda q, u, m, s: False  # unknown keys never reach here
+
+    test = build(key)
+    return Program(test, frozenset(fields), text[0])

@@ -6,11 +6,16 @@ announced in FLAGS. `updates()` syncs the Folder and reports what changed since,
 3501 §7 untagged responses: EXPUNGE (only where §7.4.1 allows it: never while answering
 FETCH, STORE or SEARCH, whose sequence numbers must stay put; such expunges wait in
 `pending_expunges`), FLAGS for new keywords, FETCH (FLAGS) for changes made by others,
-EXISTS for new mail.
+EXISTS for new mail. What the client knows is the Folder's view itself (shared by every
+session of the process synced to the same state: no per-session copy), except while
+expunges wait to be reported: then the session keeps its own numbering.
 
-`MessageCache` keeps the octets and parse (message.Message) of recently used messages,
-bounded in bytes, so FETCH of many headers or a SEARCH of text reads and parses each
-file once; header-only uses (ENVELOPE, BODY[HEADER...]) read just the header.
+`MessageCache` gives a session the octets and parses (message.Message) of messages from
+the process's shared caches (store.Caches: the files never change), so FETCH of many
+headers, a SEARCH of headers or text, or the next session asking the same, reads and
+parses each file once; header-only uses (ENVELOPE, BODY[HEADER...], SEARCH on header
+fields) read just the header, from the index's header cache when it has it. SEARCH on
+header fields reads decoded, case-folded field values kept per folder (`columns`).
 
 Blocking (the Folder reads files and the index): runs in the session's worker thread.
 Imports: stdlib, relay.mda.store, relay.mda.imap.{message,parser,responses}.
@@ -19,8 +24,6 @@ Imports: stdlib, relay.mda.store, relay.mda.imap.{message,parser,responses}.
 from __future__ import annotations
 
 import bisect
-import re
-from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Protocol
 
@@ -30,10 +33,10 @@ from relay.mda.imap.responses import SYSTEM_FLAGS, flag_list
 from relay.mda.store import Folder, StoreError, StoreErrorKind
 from relay.mda.store import Message as Stored
 
-CACHE_BYTES = 16 * 1024 * 1024  # whole messages kept parsed
-HEADER_CACHE_BYTES = 4 * 1024 * 1024  # header-only parses
-_READ_CHUNK = 16 * 1024
-_BLANK_LINE = re.compile(rb"\n\r?\n")
+CACHE_BYTES = 16 * 1024 * 1024  # a message above this is kept only while a session uses it
+PREFETCH = 256  # header sections read per batch
+# Header fields whose decoded values SEARCH keeps per folder, computed together.
+COLUMNS = ("from", "to", "cc", "bcc", "subject")
 
 
 class Output(Protocol):
@@ -56,18 +59,32 @@ class SelectedMailbox:
     def __init__(self, folder: Folder, readonly: bool) -> None:
         self.folder = folder
         self.readonly = readonly
-        self.uids: list[int] = []  # index + 1 = message sequence number
-        self.messages: dict[int, Stored] = {}
         self.pending_expunges: set[int] = set()  # gone, EXPUNGE not yet sent
         self.keywords: set[str] = set()
         self.cache = MessageCache(folder)
+        # While expunges are pending, the numbering and messages the client knows (the
+        # Folder's view plus the pending ones); None: the Folder's view is the client's.
+        self._uids: list[int] | None = None
+        self._msgs: dict[int, Stored] | None = None
+
+    @property
+    def uids(self) -> list[int]:
+        """UIDs in sequence-number order (index + 1 = number). Do not mutate."""
+        return self._uids if self._uids is not None else self.folder.view_uids
+
+    @property
+    def messages(self) -> dict[int, Stored]:
+        """The client's view of each message by UID. Do not mutate."""
+        return self._msgs if self._msgs is not None else self.folder.view_messages
 
     def open(self) -> None:
         """The first sync (SELECT): every message is new to the client."""
-        for m in self._sync().added:
-            self.uids.append(m.uid)
-            self.messages[m.uid] = m
-            self.keywords |= _keywords(m.flags)
+        self._sync()
+        view = self.folder.shared_view
+        if view is not None:
+            self.keywords = set(view.keywords)
+        else:
+            self.keywords = _keywords(f for m in self.messages.values() for f in m.flags)
 
     @property
     def exists(self) -> int:
@@ -77,8 +94,13 @@ class SelectedMailbox:
         return bisect.bisect_left(self.uids, uid) + 1
 
     def first_unseen(self) -> int | None:
+        view = self.folder.shared_view
+        if self._uids is None and view is not None:
+            uid = view.first_unseen()
+            return None if uid is None else self.seq(uid)
+        msgs = self.messages
         for i, uid in enumerate(self.uids):
-            if "\\Seen" not in self.messages[uid].flags:
+            if "\\Seen" not in msgs[uid].flags:
                 return i + 1
         return None
 
@@ -117,49 +139,79 @@ class SelectedMailbox:
 
     def updates(self, out: Output, allow_expunge: bool, condstore: bool) -> None:
         """Sync with the store and write what changed as untagged responses."""
+        old_uids, old_msgs = self.uids, self.messages  # the sync replaces, never mutates
         changes = self._sync()
-        self.pending_expunges.update(u for u in changes.expunged if u in self.messages)
+        if not (changes.added or changes.expunged or changes.flags):
+            if allow_expunge and self.pending_expunges:
+                self.expunged(self.pending_expunges, out)
+            return
+        gone = [u for u in changes.expunged if u in old_msgs]
+        if gone or self._uids is not None:
+            if self._uids is None:  # keep the numbering the client knows
+                self._uids, self._msgs = list(old_uids), dict(old_msgs)
+            msgs = self._msgs
+            assert msgs is not None
+            self.pending_expunges.update(gone)
+            for m in changes.flags:
+                if m.uid in msgs:
+                    msgs[m.uid] = m
+            for m in changes.added:
+                self._uids.append(m.uid)
+                msgs[m.uid] = m
         if allow_expunge and self.pending_expunges:
             self.expunged(self.pending_expunges, out)
-        changed = [m for m in changes.flags if m.uid in self.messages]
+        msgs = self.messages
+        changed = [m for m in changes.flags if m.uid in msgs]
         fresh = _keywords(f for m in (*changed, *changes.added) for f in m.flags)
         if fresh - self.keywords:
             self.keywords |= fresh
             self.write_flags(out)
         for m in changed:
-            self.messages[m.uid] = m
             self.write_flags_fetch(m.uid, out, with_uid=True, modseq=condstore)
-        for m in changes.added:
-            self.uids.append(m.uid)
-            self.messages[m.uid] = m
         if changes.added:
             out.write(b"* %d EXISTS\r\n" % len(self.uids))  # RFC 3501 §7.3.1
 
-    def expunged(self, uids: Iterable[int], out: Output) -> None:
-        """Forget `uids` and tell the client (RFC 3501 §7.4.1: each EXPUNGE renumbers the
-        messages after it, so they go out in ascending order of the numbers then valid)."""
+    def expunged(self, uids: Iterable[int], out: Output,
+                 before: list[int] | None = None) -> None:
+        """Tell the client that `uids` are gone and forget them (RFC 3501 §7.4.1: each
+        EXPUNGE renumbers the messages after it, so they go out in ascending order of the
+        numbers then valid). `before`: the numbering the client had, when the Folder has
+        already dropped them (our own EXPUNGE or MOVE)."""
+        numbering = self.uids if before is None else before
+        done = 0
+        gone = []
         for uid in sorted(uids):
-            if uid not in self.messages:
+            i = bisect.bisect_left(numbering, uid)
+            if i == len(numbering) or numbering[i] != uid:
                 continue
-            seq = self.seq(uid)
-            del self.uids[seq - 1]
-            del self.messages[uid]
+            gone.append(uid)
             self.cache.drop(uid)
-            out.write(b"* %d EXPUNGE\r\n" % seq)
+            out.write(b"* %d EXPUNGE\r\n" % (i + 1 - done))
+            done += 1
+        self.pending_expunges.difference_update(gone)
         self.pending_expunges.difference_update(uids)
+        if self._uids is not None:
+            drop = set(gone)
+            self._uids = [u for u in self._uids if u not in drop]
+            assert self._msgs is not None
+            for uid in gone:
+                self._msgs.pop(uid, None)
+            if not self.pending_expunges:  # the client's view is the Folder's again
+                self._uids = self._msgs = None
 
     def store(self, uids: list[int], flags: Iterable[str], mode: str) -> list[Stored]:
         """Change flags in the store (Folder.store) and in what the client is told next;
         returns the messages that changed, with their new MODSEQ."""
         live = [u for u in uids if u not in self.pending_expunges]
         changed = self.folder.store(live, flags, mode)
-        for m in changed:
-            self.messages[m.uid] = m
+        if self._msgs is not None:
+            for m in changed:
+                self._msgs[m.uid] = m
         return changed
 
-    def note_keywords(self, out: Output) -> None:
+    def note_keywords(self, out: Output, changed: Iterable[Stored] = ()) -> None:
         """After our own STORE: announce keywords the client has not seen in FLAGS."""
-        fresh = _keywords(f for m in self.messages.values() for f in m.flags)
+        fresh = _keywords(f for m in changed for f in m.flags)
         if fresh - self.keywords:
             self.keywords |= fresh
             self.write_flags(out)
@@ -194,112 +246,134 @@ def _keywords(flags: Iterable[str]) -> set[str]:
 
 
 class MessageCache:
-    """Octets and parses of the selected mailbox's messages, least recently used dropped
-    first, at most `max_bytes` of whole messages and `max_header_bytes` of headers. One
-    message larger than `max_bytes` is kept too (the last one used), so the several items
-    of one FETCH do not read it again."""
+    """A session's access to message octets and parses, through the process's shared
+    caches (store.Caches). A message larger than `max_bytes` is not shared: the last one
+    used is kept here, so the several items of one FETCH do not read it again."""
 
-    def __init__(self, folder: Folder, max_bytes: int = CACHE_BYTES,
-                 max_header_bytes: int = HEADER_CACHE_BYTES) -> None:
+    def __init__(self, folder: Folder, max_bytes: int = CACHE_BYTES) -> None:
         self.folder = folder
         self.max_bytes = max_bytes
-        self.max_header_bytes = max_header_bytes
-        self._full: OrderedDict[int, tuple[bytes, Message | None]] = OrderedDict()
-        self._headers: OrderedDict[int, Message] = OrderedDict()
-        self._full_bytes = 0
-        self._header_bytes = 0
+        self.shared = folder.account.caches
+        self._prefix = (*folder.cache_id, folder.uidvalidity)
         self._big: tuple[int, bytes, Message | None] | None = None
-        self.reads = 0  # files opened (for tests of what is read)
+        self.full_reads = 0  # whole files read (for tests of what is read)
+
+    @property
+    def reads(self) -> int:
+        """Message files opened by this session (for tests of what is read)."""
+        return self.folder.files_opened
+
+    def _key(self, uid: int) -> tuple:  # type: ignore[type-arg]
+        return (*self._prefix, uid)
 
     def _get(self, uid: int) -> tuple[bytes, Message | None] | None:
-        hit = self._full.get(uid)
-        if hit is not None:
-            self._full.move_to_end(uid)
-            return hit
-        if self._big is not None and self._big[0] == uid:
-            return self._big[1], self._big[2]
-        return None
+        big = self._big
+        if big is not None and big[0] == uid:
+            return big[1], big[2]
+        return self.shared.messages.get(self._key(uid))
 
     def raw(self, uid: int) -> bytes:
         """The whole message. Raises KeyError when it is gone."""
         hit = self._get(uid)
         if hit is not None:
             return hit[0]
-        self.reads += 1
         data = self.folder.read(uid)
+        self.full_reads += 1
         self._put(uid, data, None)
         return data
 
     def message(self, uid: int) -> Message:
         """The whole message, parsed (BODYSTRUCTURE, sections, SEARCH text)."""
-        raw = self.raw(uid)
         hit = self._get(uid)
         if hit is not None and hit[1] is not None:
             return hit[1]
+        raw = hit[0] if hit is not None else self.raw(uid)
         msg = Message(raw)
         self._put(uid, raw, msg)
         return msg
-
-    def header(self, uid: int) -> Message:
-        """A parse of the header alone (ENVELOPE, BODY[HEADER...]): the file is read only
-        up to its blank line unless the whole message is already here."""
-        hit = self._get(uid)
-        if hit is not None:
-            return hit[1] if hit[1] is not None else self.message(uid)
-        msg = self._headers.get(uid)
-        if msg is not None:
-            self._headers.move_to_end(uid)
-            return msg
-        self.reads += 1
-        with self.folder.open(uid) as f:
-            head = _read_header(f)
-        msg = Message(head)
-        if len(head) <= self.max_header_bytes:
-            self._headers[uid] = msg
-            self._header_bytes += len(head)
-            while self._header_bytes > self.max_header_bytes:
-                _, old = self._headers.popitem(last=False)
-                self._header_bytes -= len(old.raw)
-        return msg
-
-    def drop(self, uid: int) -> None:
-        if self._big is not None and self._big[0] == uid:
-            self._big = None
-        hit = self._full.pop(uid, None)
-        if hit is not None:
-            self._full_bytes -= len(hit[0])
-        head = self._headers.pop(uid, None)
-        if head is not None:
-            self._header_bytes -= len(head.raw)
 
     def _put(self, uid: int, raw: bytes, msg: Message | None) -> None:
         if len(raw) > self.max_bytes:
             self._big = (uid, raw, msg)
             return
-        old = self._full.pop(uid, None)
-        if old is not None:
-            self._full_bytes -= len(old[0])
-        self._full[uid] = (raw, msg)
-        self._full_bytes += len(raw)
-        while self._full_bytes > self.max_bytes:
-            _, (data, _) = self._full.popitem(last=False)
-            self._full_bytes -= len(data)
+        # A parse holds about twice the octets again in offsets and fields.
+        self.shared.messages.put(self._key(uid), (raw, msg), len(raw) * (3 if msg else 1))
 
+    def header(self, uid: int) -> Message:
+        """A parse of the header alone (ENVELOPE, BODY[HEADER...]): the file is read only
+        up to its blank line (or not at all: the index caches header sections) unless the
+        whole message is already here. Raises KeyError when it is gone."""
+        msg = self.shared.headers.get(self._key(uid))
+        if msg is not None:
+            return msg
+        hit = self._get(uid)
+        if hit is not None:
+            return hit[1] if hit[1] is not None else self.message(uid)
+        parsed = self.prefetch_headers([uid])
+        if uid not in parsed:
+            raise KeyError(uid)
+        return parsed[uid]
 
-def _read_header(f) -> bytes:  # type: ignore[no-untyped-def]
-    """The octets of a message up to and including the blank line ending its header (the
-    whole file when there is none), read in chunks."""
-    data = b""
-    while True:
-        chunk = f.read(_READ_CHUNK)
-        if not chunk:
-            return data
-        start = max(0, len(data) - 2)
-        data += chunk
-        if data.startswith(b"\r\n"):
-            return data[:2]
-        if data.startswith(b"\n"):
-            return data[:1]
-        m = _BLANK_LINE.search(data, start)
-        if m is not None:
-            return data[: m.end()]
+    def prefetch_headers(self, uids: Iterable[int]) -> dict[int, Message]:
+        """Header parses of `uids` not yet in the shared cache, read in batches (index
+        header cache, else the files); returns those it parsed."""
+        get, key = self.shared.headers.get, self._key
+        missing = [u for u in uids if get(key(u)) is None]
+        out: dict[int, Message] = {}
+        for i in range(0, len(missing), PREFETCH):
+            chunk = missing[i:i + PREFETCH]
+            full = {}
+            for uid in chunk:
+                hit = self._get(uid)
+                if hit is not None:
+                    full[uid] = hit
+            found = self.folder.headers([u for u in chunk if u not in full])
+            for uid in chunk:
+                if uid in full:
+                    raw, msg = full[uid]
+                    out[uid] = msg if msg is not None else self.message(uid)
+                    continue
+                data = found.get(uid)
+                if data is None:
+                    continue
+                msg = Message(data)
+                out[uid] = msg
+                self.shared.headers.put(key(uid), msg, len(data) * 3)
+        return out
+
+    def columns(self, uids: list[int], fields: Iterable[str]) -> dict[int, dict[str, tuple[str, ...]]]:
+        """uid -> header field (lower case) -> its values, unfolded, RFC 2047-decoded and
+        case-folded (SEARCH FROM/TO/CC/BCC/SUBJECT/HEADER), for the messages of `uids`
+        that can be read. Kept per folder in the shared cache."""
+        fields = tuple(fields)
+        store = self.shared.columns
+        table = store.get(self._prefix)
+        if table is None:
+            table = {}
+        need = [u for u in uids if (c := table.get(u)) is None or any(f not in c for f in fields)]
+        if need:
+            wanted = tuple(dict.fromkeys((*COLUMNS, *fields)))
+            for i in range(0, len(need), PREFETCH):
+                chunk = need[i:i + PREFETCH]
+                parsed = self.prefetch_headers(chunk)
+                for uid in chunk:
+                    msg = parsed.get(uid)
+                    if msg is None:
+                        try:
+                            msg = self.header(uid)
+                        except KeyError:
+                            continue
+                    entry = table.get(uid) or {}
+                    entry = {**entry, **{f: tuple(v.casefold() for v in msg.header_values(f))
+                                         for f in wanted if f not in entry}}
+                    table[uid] = entry
+            store.put(self._prefix, table, 64 + len(table) * 320)
+        return table
+
+    def drop(self, uid: int) -> None:
+        if self._big is not None and self._big[0] == uid:
+            self._big = None
+
+    def release(self) -> None:
+        """End of a command: let go of a message too big to share."""
+        self._big = None

@@ -2,10 +2,13 @@
 
 Runs the decisions the machine asks for: login (throttled, relay.auth.login), command
 execution against the mailbox store (commands.execute in a worker thread: the store
-blocks), STARTTLS, and IDLE (RFC 2177: the selected mailbox is synced about every
-`poll_interval` seconds, which costs a few stat()s, so deliveries by other processes show
-up within a second or two). Untagged responses from a command are streamed to the socket
-while it runs (`_ThreadWriter`, with flow control), so a large FETCH is not built in memory.
+blocks), STARTTLS, and IDLE (RFC 2177: about every `poll_interval` seconds one timer per
+listener asks the store once per watched mailbox whether it changed, which costs a few
+stat()s, and only the sessions whose mailbox did change sync; so deliveries by other
+processes show up within a second or two, and thousands of idle sessions cost little).
+Untagged responses from a command are streamed to the socket while it runs
+(`_ThreadWriter`, with flow control), so a large FETCH is not built in memory; the last
+chunk goes out with the tagged completion, in one write.
 
 Imports: asyncio, relay.mda.imap.{machine,commands,context}, relay.mda.{login,store},
 relay.auth.throttle, relay.metrics.
@@ -14,11 +17,14 @@ relay.auth.throttle, relay.metrics.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import itertools
 import logging
+import os
 import ssl
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from relay import __version__, metrics
@@ -52,6 +58,7 @@ POLL_INTERVAL = 1.0
 IDLE_KEEPALIVE = 120.0  # "* OK Still here" during a quiet IDLE, for NAT and firewalls
 WRITE_CHUNK = 64 * 1024
 WRITE_STALL = 300.0  # a client that reads nothing for this long is dropped
+READ_AHEAD = 64 * 1024  # input buffered while a command runs before reading pauses
 
 
 class ConnectionGone(Exception):
@@ -71,6 +78,21 @@ class ImapListener:
     poll_interval: float = POLL_INTERVAL
     idle_keepalive: float = IDLE_KEEPALIVE
     append_limit: int = MAX_APPEND
+    _executor: concurrent.futures.ThreadPoolExecutor | None = field(default=None, init=False,
+                                                                    repr=False)
+    _hub: _IdleHub | None = field(default=None, init=False, repr=False)
+
+    def executor(self) -> concurrent.futures.ThreadPoolExecutor:
+        """The threads commands run in (asyncio's default size)."""
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                min(32, (os.cpu_count() or 1) + 4), thread_name_prefix="imap")
+        return self._executor
+
+    def idle_hub(self) -> _IdleHub:
+        if self._hub is None:
+            self._hub = _IdleHub(self)
+        return self._hub
 
 
 class ImapSession(asyncio.Protocol):
@@ -87,8 +109,13 @@ class ImapSession(asyncio.Protocol):
         self._admitted = False
         self._writable = threading.Event()
         self._writable.set()
-        self._idle_task: asyncio.Task[None] | None = None
-        self._idle_wake = asyncio.Event()
+        self._reading = True
+        self._hold = False  # reading paused while a coroutine step runs
+        self._tls = False
+        self._fed = 0  # octets received while a command runs
+        self._tail = b""  # a command's last output, sent with its tagged completion
+        self._idle_poll: asyncio.Task[None] | None = None
+        self._quiet_since = 0.0
         self._last_active = self.loop.time()
         self._timer: asyncio.TimerHandle | None = None
 
@@ -102,7 +129,7 @@ class ImapSession(asyncio.Protocol):
             return
         self._admitted = True
         metrics.IMAP_SESSIONS_ACTIVE.inc()
-        tls = lst.implicit_tls
+        tls = self._tls = lst.implicit_tls
         self.machine = ImapMachine(ImapSettings(
             plaintext_allowed=tls or lst.allow_plaintext or is_loopback(self.peer),
             tls_available=lst.tls_context is not None and not tls, tls_active=tls,
@@ -115,18 +142,26 @@ class ImapSession(asyncio.Protocol):
         assert self.machine is not None
         self._last_active = self.loop.time()
         self.machine.receive_data(data)
+        if self._busy:  # pipelined: taken up when the command ends
+            self._fed += len(data)
+            if self._fed > READ_AHEAD:
+                self._update_reading()
+            return
         self._drive()
 
     def eof_received(self) -> bool:
         if self.machine is not None:
             self.machine.receive_data(b"")
-            self._drive()
-        return False
+            self._drive()  # when a command runs, it ends with the machine's Closed
+        # Half-open while a command runs, so its answers still go out (TLS cannot be half
+        # open: there reading pauses while a command runs, so EOF waits for it).
+        return self._busy and not self._tls
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
         self._writable.set()  # a command thread waiting to write gives up
-        self._idle_wake.set()
+        if self.listener._hub is not None:
+            self.listener._hub.discard(self)
         if self._timer:
             self._timer.cancel()
         if self._admitted:
@@ -138,12 +173,25 @@ class ImapSession(asyncio.Protocol):
         # The client does not read: stop reading its commands too, so pipelined commands
         # answered without I/O (CAPABILITY ...) cannot fill our write buffer.
         self._writable.clear()
-        self.transport.pause_reading()
+        self._update_reading()
 
     def resume_writing(self) -> None:
         self._writable.set()
-        if not self._busy and not self._closing:
-            self.transport.resume_reading()
+        self._update_reading()
+
+    def _update_reading(self) -> None:
+        """Read while the client reads our answers and, during a command, until
+        READ_AHEAD octets of what follows are buffered."""
+        want = (not self._closing and self._writable.is_set()
+                and not self._hold
+                and not (self._busy and (self._tls or self._fed > READ_AHEAD)))
+        transport = self.transport
+        if want != self._reading and transport is not None and not transport.is_closing():
+            self._reading = want
+            if want:
+                transport.resume_reading()
+            else:
+                transport.pause_reading()
 
     # ---- driving ----------------------------------------------------------------------
 
@@ -160,20 +208,20 @@ class ImapSession(asyncio.Protocol):
         while not self._busy and not self._closing:
             event = machine.next_event()
             for name in machine.counted():
-                metrics.TALLY.add(metrics.IMAP_COMMANDS.labels(command=name))
-            if isinstance(event, Login):
+                metrics.TALLY.add(_command_counter(name))
+            if isinstance(event, Execute):
+                self._flush()
+                self._execute(event)
+            elif isinstance(event, Login):
                 self._flush()
                 self._start(self._login(event))
-            elif isinstance(event, Execute):
-                self._flush()
-                self._start(self._execute(event))
             elif isinstance(event, StartTls):
                 self._flush()
                 self._start(self._upgrade())
             elif isinstance(event, IdleStart):
                 self._flush()
-                self._idle_wake.clear()
-                self._idle_task = self.loop.create_task(self._idle())
+                self._quiet_since = self.loop.time()
+                self.listener.idle_hub().add(self)
             elif isinstance(event, IdleStop):
                 self._flush()
                 self._start(self._stop_idle())
@@ -185,12 +233,14 @@ class ImapSession(asyncio.Protocol):
                 return
 
     def _start(self, coro: Any) -> None:
-        self._busy = True
-        self.transport.pause_reading()
+        """Run a coroutine (LOGIN, STARTTLS, the end of IDLE) with reading paused."""
+        self._busy = self._hold = True
+        self._fed = 0
+        self._update_reading()
         self.loop.create_task(coro).add_done_callback(self._resume)
 
     def _resume(self, task: asyncio.Task[None]) -> None:
-        self._busy = False
+        self._busy = self._hold = False
         exc = None if task.cancelled() else task.exception()
         if task.cancelled() or self._closing:
             return
@@ -198,8 +248,7 @@ class ImapSession(asyncio.Protocol):
             log.error("%s internal error", self.id, exc_info=exc)
             self._fail()
             return
-        if self._writable.is_set():
-            self.transport.resume_reading()
+        self._update_reading()
         self._drive()
 
     def _fail(self) -> None:
@@ -222,17 +271,41 @@ class ImapSession(asyncio.Protocol):
         acct.ensure_defaults()  # INBOX, Sent, Drafts, Trash, Junk on first login
         return Context(acct, append_limit=self.listener.append_limit)
 
-    async def _execute(self, event: Execute) -> None:
-        machine = self.machine
-        assert machine is not None and self.ctx is not None
+    def _execute(self, event: Execute) -> None:
+        """Run the command in a worker thread; `_executed` takes over on the loop."""
+        assert self.ctx is not None
+        self._busy = True
+        self._fed = 0
+        if self._tls:
+            self._update_reading()
         out = _ThreadWriter(self)
+        future = self.listener.executor().submit(out.run, commands.execute, self.ctx,
+                                                 event.command)
+        future.add_done_callback(self._from_thread)
+
+    def _from_thread(self, future: concurrent.futures.Future[Any]) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is gone: so is the session
+            self.loop.call_soon_threadsafe(self._executed, future)
+
+    def _executed(self, future: concurrent.futures.Future[Any]) -> None:
+        self._busy = False
+        machine = self.machine
+        assert machine is not None
         try:
-            done = await self.loop.run_in_executor(None, out.run, commands.execute, self.ctx,
-                                                   event.command)
+            done, self._tail = future.result()
         except ConnectionGone:
             self._close()
             return
+        except Exception as exc:  # noqa: BLE001 - one session's bug must not reach the worker
+            if not self._closing:
+                log.error("%s internal error", self.id, exc_info=exc)
+                self._fail()
+            return
+        if self._closing:
+            return
         machine.finish(done)
+        self._update_reading()
+        self._drive()
 
     async def _upgrade(self) -> None:
         machine = self.machine
@@ -246,23 +319,25 @@ class ImapSession(asyncio.Protocol):
             self._closing = True
             self.transport.abort()
             return
+        self._tls = self._reading = True  # a new transport, reading
         machine.tls_started()
 
     # ---- IDLE (RFC 2177) ---------------------------------------------------------------
 
-    async def _idle(self) -> None:
-        quiet_since = self.loop.time()
+    def _idle_tick(self, behind: bool, now: float) -> None:
+        """From the IDLE hub: poll when the mailbox changed; keep a quiet line alive."""
+        if self._closing:
+            return
+        if behind and (self._idle_poll is None or self._idle_poll.done()):
+            self._idle_poll = self.loop.create_task(self._idle_poll_once())
+        if now - self._quiet_since >= self.listener.idle_keepalive:
+            self._write(b"* OK Still here\r\n")  # RFC 2177 §3 allows it
+            self._quiet_since = now
+
+    async def _idle_poll_once(self) -> None:
         try:
-            while not self._closing:
-                try:
-                    await asyncio.wait_for(self._idle_wake.wait(), self.listener.poll_interval)
-                except asyncio.TimeoutError:
-                    pass
-                if self._idle_wake.is_set() or self._closing or not await self._poll():
-                    return
-                if self.loop.time() - quiet_since >= self.listener.idle_keepalive:
-                    self._write(b"* OK Still here\r\n")  # RFC 2177 §3 allows it
-                    quiet_since = self.loop.time()
+            if not self._closing:
+                await self._poll()
         except ConnectionGone:
             self._close()
         except Exception:  # noqa: BLE001 - one session's bug must not reach the worker
@@ -273,15 +348,18 @@ class ImapSession(asyncio.Protocol):
         """One sync of the selected mailbox; False when the session is ending."""
         assert self.ctx is not None and self.machine is not None
         out = _ThreadWriter(self)
-        done = await self.loop.run_in_executor(None, out.run, commands.poll, self.ctx)
+        done, tail = await self.loop.run_in_executor(self.listener.executor(), out.run,
+                                                     commands.poll, self.ctx)
+        self._write(tail)
         if done is not None and done.transition is Transition.LOGOUT:
             self._close()
             return False
         return True
 
     async def _stop_idle(self) -> None:
-        self._idle_wake.set()
-        task, self._idle_task = self._idle_task, None
+        if self.listener._hub is not None:
+            self.listener._hub.discard(self)
+        task, self._idle_poll = self._idle_poll, None
         if task is not None:
             await task  # a poll in its thread finishes first: one store user at a time
         if not self._closing and await self._poll():
@@ -293,16 +371,19 @@ class ImapSession(asyncio.Protocol):
     def _flush(self) -> None:
         assert self.machine is not None
         data = self.machine.data_to_send()
+        if self._tail:
+            data, self._tail = self._tail + data, b""
         if data:
             self._write(data)
 
     def _write(self, data: bytes) -> None:
-        if self.transport is not None and not self.transport.is_closing():
+        if data and self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
 
     def _close(self) -> None:
         self._closing = True
-        self._idle_wake.set()
+        if self.listener._hub is not None:
+            self.listener._hub.discard(self)
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
 
@@ -337,10 +418,13 @@ class _ThreadWriter:
         self.buf: list[bytes] = []
         self.size = 0
 
-    def run(self, func: Any, *args: Any) -> Any:
+    def run(self, func: Any, *args: Any) -> tuple[Any, bytes]:
+        """func(*args, self), and the output not yet handed over (the caller writes it
+        with what follows, in one write)."""
         result = func(*args, self)
-        self.flush()
-        return result
+        tail = b"".join(self.buf)
+        self.buf, self.size = [], 0
+        return result, tail
 
     def write(self, data: bytes) -> None:
         self.buf.append(data)
@@ -356,3 +440,73 @@ class _ThreadWriter:
             data = b"".join(self.buf)
             self.buf, self.size = [], 0
             session.loop.call_soon_threadsafe(session._write, data)
+
+
+class _IdleHub:
+    """The IDLE sessions of one listener (so of one process) and the one timer that
+    polls for them: each tick asks the store, once per distinct selected mailbox and in a
+    worker thread, for its newest view (three stat()s and an index read), then lets only
+    the sessions whose view is behind run their sync; and sends keepalives."""
+
+    def __init__(self, listener: ImapListener) -> None:
+        self.listener = listener
+        self.sessions: set[ImapSession] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, session: ImapSession) -> None:
+        self.sessions.add(session)
+        if self._task is None or self._task.done():
+            self._task = session.loop.create_task(self._run(session.loop))
+
+    def discard(self, session: ImapSession) -> None:
+        self.sessions.discard(session)
+
+    async def _run(self, loop: asyncio.AbstractEventLoop) -> None:
+        while self.sessions:
+            await asyncio.sleep(self.listener.poll_interval)
+            try:
+                await self._tick(loop)
+            except Exception:  # noqa: BLE001 - keep polling for the others
+                log.exception("IDLE poll failed")
+
+    async def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
+        watched: dict[tuple[int, bytes], Any] = {}
+        sessions = []
+        for s in list(self.sessions):
+            selected = s.ctx.selected if s.ctx is not None else None
+            if s._closing or selected is None:
+                continue
+            sessions.append((s, selected))
+            watched.setdefault(selected.folder.watch_key, selected.folder)
+        if not sessions:
+            return
+        latest = await loop.run_in_executor(self.listener.executor(), _latest_views, watched)
+        now = loop.time()
+        for s, selected in sessions:
+            if s not in self.sessions:
+                continue
+            view = latest.get(selected.folder.watch_key)
+            behind = (view is None or selected.pending_expunges
+                      or selected.folder.behind(view))
+            s._idle_tick(bool(behind), now)
+
+
+def _latest_views(watched: dict[tuple[int, bytes], Any]) -> dict[tuple[int, bytes], Any]:
+    """The newest view of each watched folder (missing: gone; its sessions find out)."""
+    out = {}
+    for key, folder in watched.items():
+        try:
+            out[key] = folder.latest()
+        except Exception:  # noqa: BLE001 - StoreError or a disk error: the sync reports it
+            continue
+    return out
+
+
+_command_counters: dict[str, Any] = {}
+
+
+def _command_counter(name: str) -> Any:
+    child = _command_counters.get(name)
+    if child is None:
+        child = _command_counters[name] = metrics.IMAP_COMMANDS.labels(command=name)
+    return child

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -178,14 +179,62 @@ def test_unchanged_directories_are_not_rescanned(
 
 
 def test_a_recently_changed_directory_is_rescanned_even_with_the_same_mtime(
-        delivery: MaildirStore, index: MailboxIndex, root: Path) -> None:
-    # Two changes within one timestamp tick leave the mtime alone: the slack catches them.
+        delivery: MaildirStore, index: MailboxIndex, root: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Two changes within one timestamp tick leave the mtime alone: a directory that no scan
+    # has settled (by running MTIME_SLACK_NS after its mtime) is scanned again, at most
+    # every RESCAN_NS (Dovecot's delayed refresh).
     index.refresh(INBOX_KEY, root)
     mtime = os.stat(root / "new").st_mtime_ns
     delivery.deliver(ADDRESS, b"x")
     os.utime(root / "new", ns=(mtime, mtime))
     os.utime(root / "cur", ns=(mtime, mtime))
+    real = time.time_ns
+    monkeypatch.setattr(time, "time_ns", lambda: real() + index_module.RESCAN_NS)
     assert index.refresh(INBOX_KEY, root).uidnext == 2
+
+
+def test_our_own_renames_in_cur_cost_no_rescan(
+        delivery: MaildirStore, index: MailboxIndex, root: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    delivery.deliver(ADDRESS, b"x")
+    index.refresh(INBOX_KEY, root)
+    index.refresh(INBOX_KEY, root)  # the move out of new/ changed both directories
+    [e] = entries(index)
+
+    def no_scan(self: IndexTxn, key: bytes, path: Path) -> None:
+        raise AssertionError("rescanned after our own rename")
+
+    monkeypatch.setattr(IndexTxn, "scan", no_scan)
+    with index.writing() as w:
+        w.refresh(INBOX_KEY, root)
+        name = maildir.with_flags(e.filename, {"\\Seen"})
+        os.rename(root / "cur" / e.filename, root / "cur" / name)
+        w.update(INBOX_KEY, e, name, {"\\Seen"})
+        w.adopt_cur_mtime(INBOX_KEY, root)
+    assert index.refresh(INBOX_KEY, root).highestmodseq == e.modseq + 1
+
+
+def test_an_unsettled_directory_is_rescanned_once_the_delay_has_passed(
+        delivery: MaildirStore, index: MailboxIndex, root: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # An outside rename in the same tick as our own: the mtime we adopted hides it, the
+    # delayed rescan finds it.
+    delivery.deliver(ADDRESS, b"x")
+    index.refresh(INBOX_KEY, root)
+    [e] = entries(index)
+    with index.writing() as w:
+        name = maildir.with_flags(e.filename, {"\\Seen"})
+        os.rename(root / "cur" / e.filename, root / "cur" / name)
+        w.update(INBOX_KEY, e, name, {"\\Seen"})
+        w.adopt_cur_mtime(INBOX_KEY, root)
+    mtime = os.stat(root / "cur").st_mtime_ns
+    os.rename(root / "cur" / name, root / "cur" / maildir.with_flags(name, {"\\Flagged"}))
+    os.utime(root / "cur", ns=(mtime, mtime))
+    real = time.time_ns
+    monkeypatch.setattr(time, "time_ns", lambda: real() + index_module.RESCAN_NS)
+    index.refresh(INBOX_KEY, root)
+    assert [x.flags for x in entries(index)] == [{"\\Flagged"}]
 
 
 def test_a_first_scan_too_big_for_the_map_grows_it_and_retries(
@@ -331,3 +380,154 @@ def test_map_grows_before_it_fills(root: Path, monkeypatch: pytest.MonkeyPatch) 
         assert idx.env.info()["map_size"] > 256 << 10
     finally:
         idx.release()
+
+
+# ---- changes since a MODSEQ, the header cache ------------------------------------------------
+
+
+def test_changes_since_a_modseq_are_one_key_range(delivery: MaildirStore, index: MailboxIndex,
+                                                  root: Path) -> None:
+    for body in (b"a", b"b", b"c"):
+        delivery.deliver(ADDRESS, body)
+    st = index.refresh(INBOX_KEY, root)
+    one, two, three = entries(index)
+    with index.writing() as w:
+        w.update(INBOX_KEY, two, two.filename, {"$Work"})
+    with index.writing() as w:
+        w.remove(INBOX_KEY, 3)
+    with index.reading() as r:
+        changed, gone = r.changes_since(st.uidvalidity, st.highestmodseq)
+        assert [(e.uid, e.flags) for e in changed] == [(2, {"$Work"})] and gone == [3]
+        changed, gone = r.changes_since(st.uidvalidity, 0)
+        assert [e.uid for e in changed] == [1, 2] and gone == [3]
+        later = r.folder(INBOX_KEY)
+        assert later is not None
+        assert r.changes_since(st.uidvalidity, later.highestmodseq) == ([], [])
+
+
+def test_header_cache_entries_go_with_their_message_and_folder(
+        delivery: MaildirStore, index: MailboxIndex, root: Path) -> None:
+    delivery.deliver(ADDRESS, b"a")
+    delivery.deliver(ADDRESS, b"b")
+    st = index.refresh(INBOX_KEY, root)
+    with index.writing() as w:
+        w.put_header(st.uidvalidity, 1, b"Subject: a\r\n\r\n")
+        w.put_header(st.uidvalidity, 2, b"Subject: b\r\n\r\n")
+    with index.writing() as w:
+        w.remove(INBOX_KEY, 1)
+    with index.reading() as r:
+        assert r.header(st.uidvalidity, 1) is None
+        assert r.header(st.uidvalidity, 2) == b"Subject: b\r\n\r\n"
+    with index.writing() as w:
+        w.drop_folder(INBOX_KEY)
+    with index.reading() as r:
+        assert r.header(st.uidvalidity, 2) is None
+
+
+def test_a_schema_1_index_is_upgraded_keeping_its_uids(delivery: MaildirStore,
+                                                       root: Path) -> None:
+    for body in (b"a", b"b"):
+        delivery.deliver(ADDRESS, body)
+    idx = MailboxIndex.open(root)
+    st = idx.refresh(INBOX_KEY, root)
+    # Turn it back into what schema 1 wrote: 32-byte folder records, no MODSEQ index.
+    with idx.writing() as w:
+        txn = w._txn
+        txn.put(b"version", b"1", db=idx.meta_db)
+        txn.put(INBOX_KEY, index_module._FOLDER_V1.pack(
+            st.uidvalidity, st.uidnext, st.highestmodseq, st.new_mtime, st.cur_mtime),
+            db=idx.folders_db)
+        txn.drop(idx.modseq_db, delete=False)
+        w.changed = True
+    idx.release()
+    again = MailboxIndex.open(root)
+    try:
+        st2 = again.refresh(INBOX_KEY, root)
+        assert (st2.uidvalidity, st2.uidnext) == (st.uidvalidity, st.uidnext)
+        with again.reading() as r:
+            assert [e.uid for e in r.changes_since(st.uidvalidity, 0)[0]] == [1, 2]
+    finally:
+        again.release()
+
+
+# ---- durability: what is flushed, the marker of unflushed commits ------------------------------
+
+
+class CountingEnv:
+    """An lmdb.Environment that counts explicit flushes."""
+
+    def __init__(self, env: lmdb.Environment) -> None:
+        self.env = env
+        self.syncs = 0
+
+    def sync(self, force: bool = False) -> None:
+        self.syncs += 1
+        self.env.sync(force)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.env, name)
+
+
+def test_flag_changes_are_not_flushed_but_keywords_and_uids_are(
+        delivery: MaildirStore, index: MailboxIndex, root: Path) -> None:
+    if index_module.boot_id() is None:
+        pytest.skip("no boot id: every commit is synced")
+    delivery.deliver(ADDRESS, b"a")
+    index.refresh(INBOX_KEY, root)
+    counting = CountingEnv(index.env)
+    index.env = counting  # type: ignore[assignment]
+    try:
+        [e] = entries(index)
+        with index.writing() as w:
+            e = w.update(INBOX_KEY, e, maildir.with_flags(e.filename, {"\\Seen"}), {"\\Seen"})
+        assert counting.syncs == 0
+        assert (root / INDEX_DIR / index_module.UNSYNCED_MARKER).exists()
+        with index.writing() as w:
+            w.update(INBOX_KEY, e, e.filename, {"\\Seen", "$Work"})
+        assert counting.syncs == 1
+        with index.writing() as w:
+            w.add(INBOX_KEY, "x:2,", (), 1, 0.0)
+        assert counting.syncs == 2
+    finally:
+        index.env = counting.env
+
+
+def test_the_marker_goes_once_the_index_is_quiet(
+        delivery: MaildirStore, index: MailboxIndex, root: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    if index_module.boot_id() is None:
+        pytest.skip("no boot id: every commit is synced")
+    monkeypatch.setattr(index_module, "QUIET_SECONDS", 0.05)
+    delivery.deliver(ADDRESS, b"a")
+    index.refresh(INBOX_KEY, root)
+    marker = root / INDEX_DIR / index_module.UNSYNCED_MARKER
+    assert marker.exists()
+    deadline = time.monotonic() + 10
+    while marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not marker.exists()
+
+
+def test_a_marker_from_another_boot_gets_the_index_rebuilt(delivery: MaildirStore,
+                                                           root: Path) -> None:
+    if index_module.boot_id() is None:
+        pytest.skip("no boot id: every commit is synced")
+    delivery.deliver(ADDRESS, b"a")
+
+    def crashed_elsewhere(index_dir: Path) -> None:  # a system crash with unflushed commits
+        (index_dir / index_module.UNSYNCED_MARKER).write_text("another-boot\n")
+
+    old, new, got = rebuild_after(root, crashed_elsewhere)
+    assert new > old and got == [(1, frozenset())]
+
+
+def test_a_marker_from_this_boot_is_trusted(delivery: MaildirStore, root: Path) -> None:
+    # A process that died (not the system) loses nothing: the page cache survives it.
+    delivery.deliver(ADDRESS, b"a")
+
+    def process_died(index_dir: Path) -> None:
+        (index_dir / index_module.UNSYNCED_MARKER).write_text(
+            f"{index_module.boot_id()}\n")
+
+    old, new, got = rebuild_after(root, process_died)
+    assert new == old and got == [(1, frozenset())]

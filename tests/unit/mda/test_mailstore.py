@@ -23,7 +23,17 @@ import relay
 from relay.mda import maildir
 from relay.mda.index import INDEX_DIR
 from relay.mda.maildir import MaildirStore
-from relay.mda.store import Account, Folder, FolderInfo, MailStore, StoreError, StoreErrorKind
+from relay.mda.index import INBOX_KEY
+from relay.mda.store import (
+    Account,
+    Folder,
+    FolderInfo,
+    MailStore,
+    StoreError,
+    StoreErrorKind,
+    View,
+    latest_view,
+)
 
 ADDRESS = "bob@example.org"
 REPO = Path(relay.__file__).resolve().parent.parent
@@ -421,6 +431,22 @@ def test_two_sessions_see_each_others_flag_changes_and_expunges(account: Account
     changes = one.sync()
     assert changes.expunged == [2] and changes.flags == []
     assert uids(one) == uids(two) == [1]
+
+
+def test_sessions_synced_to_one_state_share_one_view(account: Account,
+                                                     deliver: Deliver) -> None:
+    for body in (b"a", b"b", b"c"):
+        deliver(body)
+    one, two = account.folder("INBOX"), account.folder("INBOX")
+    one.sync()
+    two.sync()
+    assert one.view_messages is two.view_messages and one.view_uids is two.view_uids
+    one.store([2], {"\\Seen"}, "+")  # one's own change: a private copy until it syncs
+    assert one.view_messages is not two.view_messages
+    assert flags(two)[2] == frozenset() and flags(one)[2] == {"\\Seen"}
+    assert one.sync().flags == []  # its own change is no news to it
+    assert [m.uid for m in two.sync().flags] == [2]
+    assert one.view_messages is two.view_messages and one.shared_view is two.shared_view
 
 
 def test_a_session_does_not_expunge_messages_it_has_not_seen(account: Account,
@@ -889,6 +915,24 @@ class MailboxAgainstDict(RuleBasedStateMachine):
             else:
                 with pytest.raises(KeyError):
                     self.main.read(uid)
+
+    @invariant()
+    def shared_view_matches_a_full_rebuild(self) -> None:
+        # Views are brought up to date from the index's changes since their MODSEQ; they
+        # must say exactly what reading the whole index says.
+        account = self.store.account(ADDRESS)
+        view = latest_view(account.index, INBOX_KEY, account.path)
+        with account.index.reading() as r:
+            st = r.folder(INBOX_KEY)
+            assert st is not None
+            full = View.build(st, r.entries(st.uidvalidity))
+        assert view.uids == full.uids and view.msgs == full.msgs
+        assert sorted(zip(view.mod_seqs, view.mod_uids)) == sorted(zip(full.mod_seqs,
+                                                                       full.mod_uids))
+        assert list(view.mod_seqs) == sorted(view.mod_seqs)
+        assert full.keywords <= view.keywords
+        assert view.first_unseen() == full.first_unseen()
+        assert (view.uidnext, view.highestmodseq) == (full.uidnext, full.highestmodseq)
 
     @invariant()
     def archive_matches_model(self) -> None:

@@ -194,7 +194,8 @@ def test_envelope_reads_only_the_header(client: Client) -> None:
                    b'(("Alice" NIL "alice" "example.org")) ((NIL NIL "bob" "example.org")) '
                    b'NIL NIL NIL NIL))\r\na OK FETCH completed\r\n')
     assert client.ctx.selected is not None
-    assert client.ctx.selected.cache._full == {}
+    assert client.ctx.selected.cache.full_reads == 0
+    assert client.ctx.selected.cache.reads == 1
 
 
 def test_bodystructure_and_parts(client: Client) -> None:
@@ -474,6 +475,50 @@ def test_other_sessions_changes_arrive_where_allowed(store: MailStore, client: C
     assert client(b"d SEARCH ALL") == b"* SEARCH 1 2 3 4\r\nd OK SEARCH completed\r\n"
     assert client(b"e NOOP") == b"* 1 EXPUNGE\r\ne OK NOOP completed\r\n"
     assert client(b"f UID SEARCH ALL") == b"* SEARCH 2 3 4\r\nf OK SEARCH completed\r\n"
+
+
+def test_own_store_and_expunge_keep_the_numbering_while_expunges_wait(
+        store: MailStore, client: Client) -> None:
+    other = Client(store)
+    other(b"o1 SELECT INBOX")
+    other(b"o2 STORE 1 +FLAGS.SILENT (\\Deleted)")
+    other(b"o3 EXPUNGE")
+    assert client(b"a FETCH 2 UID") == b"* 2 FETCH (UID 2)\r\na OK FETCH completed\r\n"
+    assert client(b"b STORE 3 +FLAGS (\\Deleted)") == \
+        b"* 3 FETCH (FLAGS (\\Deleted))\r\nb OK STORE completed\r\n"
+    assert client(b"c EXPUNGE") == \
+        b"* 3 EXPUNGE\r\n* 1 EXPUNGE\r\nc OK EXPUNGE completed\r\n"
+    assert client(b"d FETCH 1:* UID") == b"* 1 FETCH (UID 2)\r\nd OK FETCH completed\r\n"
+    other(b"o4 STORE 1 +FLAGS.SILENT (\\Flagged)")
+    assert client(b"e NOOP") == \
+        b"* 1 FETCH (UID 2 FLAGS (\\Flagged))\r\ne OK NOOP completed\r\n"
+
+
+def test_a_second_session_reads_no_file_for_headers_or_search(
+        store: MailStore, client: Client) -> None:
+    fetch = b"FETCH 1:* (BODY.PEEK[HEADER.FIELDS (FROM SUBJECT)] ENVELOPE)"
+    first = client(b"a " + fetch)
+    assert client(b"b UID SEARCH FROM carol") == b"* SEARCH 2\r\nb OK SEARCH completed\r\n"
+    assert client.ctx.selected is not None and client.ctx.selected.cache.reads == 3
+    other = Client(store)
+    other(b"o1 SELECT INBOX")
+    assert other(b"a " + fetch) == first
+    assert other(b"b UID SEARCH SUBJECT APPLE") == b"* SEARCH 2\r\nb OK SEARCH completed\r\n"
+    assert other.ctx.selected is not None and other.ctx.selected.cache.reads == 0
+
+
+def test_another_process_takes_headers_from_the_index(store: MailStore, client: Client,
+                                                      tmp_path: Path) -> None:
+    out = client(b"a FETCH 1:* ENVELOPE")
+    second = MailStore(tmp_path / "mail")  # another worker: its own caches, same index
+    try:
+        c = Client(second)
+        c(b"s SELECT INBOX")
+        assert c(b"a FETCH 1:* ENVELOPE") == out
+        assert c(b"b SEARCH FROM dave") == b"* SEARCH 3\r\nb OK SEARCH completed\r\n"
+        assert c.ctx.selected is not None and c.ctx.selected.cache.reads == 0
+    finally:
+        second.close()
 
 
 def test_idle_poll_reports_new_mail(client: Client, deliver) -> None:  # type: ignore[no-untyped-def]

@@ -7,8 +7,10 @@ import datetime as dt
 
 import pytest
 
+from relay.mda.imap.message import Message
 from relay.mda.imap.parser import CommandReader, Search, SearchKey, SequenceSet
-from relay.mda.imap.search import MessageInfo, matches, needs_message
+from relay.mda.imap.search import MessageInfo, compile_program, matches, needs_message
+from relay.mda.store import Message as Stored
 
 UTC = dt.UTC
 NOW = dt.datetime(1994, 2, 10, 12, 0, 0, tzinfo=UTC)
@@ -201,3 +203,70 @@ def test_base64_html_body_is_searched_decoded() -> None:
     assert matches(program('BODY "GRÜSSE"'), INFO, Loader(raw), NOW, last_seq=10, last_uid=99)
     assert matches(program('TEXT "grüße aus"'), INFO, Loader(raw), NOW, last_seq=10,
                    last_uid=99)
+
+
+# ---- compiled programs: the same answers as matches() --------------------------------------
+
+
+class RawSource:
+    """A compiled program's view of one message's octets."""
+
+    def __init__(self, raw: bytes) -> None:
+        self.msg = Message(raw)
+
+    def values(self, uid: int, field: str) -> tuple[str, ...]:
+        return tuple(v.casefold() for v in self.msg.header_values(field))
+
+    def header(self, uid: int) -> Message:
+        return self.msg
+
+    def texts(self, uid: int) -> tuple[str, str]:
+        return self.msg.header_text().casefold(), self.msg.body_text().casefold()
+
+
+PROGRAMS = [
+    "ALL", "SEEN", "UNSEEN", "FLAGGED", "UNFLAGGED", "ANSWERED", "UNANSWERED", "DELETED",
+    "UNDELETED", "DRAFT", "UNDRAFT", "RECENT", "OLD", "NEW", "KEYWORD $Work",
+    "KEYWORD $work", "KEYWORD $Home", "UNKEYWORD $Home", "UNKEYWORD $Work",
+    f"LARGER {len(RAW) - 1}", f"LARGER {len(RAW)}", f"SMALLER {len(RAW) + 1}",
+    f"SMALLER {len(RAW)}", "UID 42", "UID 1:41,43:*", "UID *", "UID 50:*", "UID 99:40",
+    "3", "1:2,4:*", "*:3", "*", "MODSEQ 700", "MODSEQ 701",
+    "FROM foobar", "FROM FRED", "FROM mooch", "TO mooch", "CC smith", "BCC hidden",
+    'SUBJECT "café"', 'SUBJECT "CAFÉ AFTER"', "SUBJECT =?ISO", 'HEADER Message-ID "<B27397"',
+    "HEADER x-mailer TEST", 'HEADER X-Mailer ""', 'HEADER X-Empty ""', 'HEADER X-Absent ""',
+    "HEADER X-Mailer nope", 'BODY "meet at 3:30"', 'BODY "crème brûlée"', "BODY Cr=E8me",
+    "TEXT foobar", 'TEXT "brûlée"', "TEXT absent",
+    "BEFORE 8-Feb-1994", "BEFORE 9-Feb-1994", "ON 8-Feb-1994", "ON 7-Feb-1994",
+    "SINCE 8-Feb-1994", "SINCE 9-Feb-1994", "SENTBEFORE 7-Feb-1994", "SENTBEFORE 8-Feb-1994",
+    "SENTON 7-Feb-1994", "SENTON 8-Feb-1994", "SENTSINCE 7-Feb-1994", "SENTSINCE 8-Feb-1994",
+    "OLDER 194854", "OLDER 194855", "YOUNGER 194855", "YOUNGER 194854",
+    'FLAGGED SINCE 1-Feb-1994 NOT FROM "Smith"', "OR SEEN DELETED", "OR DELETED ANSWERED",
+    "OR DELETED (FROM fred SUBJECT café)", "NOT NOT SEEN", "NOT (SEEN FLAGGED)",
+    "OR NOT SEEN (OR DELETED NOT UNFLAGGED)", "(SEEN (FLAGGED (UID 42 (3))))", "SEEN UNSEEN",
+    "OR (OR DELETED DRAFT) (NOT OR SEEN DELETED)",
+]
+
+
+@pytest.mark.parametrize("raw", [RAW, b"Subject: no date\r\n\r\nbody\r\n"])
+@pytest.mark.parametrize("text", PROGRAMS)
+def test_compiled_programs_answer_as_matches_does(text: str, raw: bytes) -> None:
+    key = program(text)
+    compiled = compile_program(key, NOW, last_seq=10, last_uid=99)
+    facts = Stored(INFO.uid, INFO.flags, INFO.size, INFO.internaldate.timestamp(), INFO.modseq)
+    expected = matches(key, INFO, Loader(raw), NOW, last_seq=10, last_uid=99)
+    assert compiled.test(INFO.seq, INFO.uid, facts, RawSource(raw)) is expected
+
+
+def test_compiled_programs_name_the_header_fields_they_read() -> None:
+    compiled = compile_program(program('OR FROM a (SUBJECT b HEADER X-Y z) HEADER X-Z ""'), NOW,
+                               last_seq=1, last_uid=1)
+    assert compiled.fields == {"from", "subject", "x-y"} and compiled.needs_text
+    assert not compile_program(program("UNSEEN SINCE 1-Jan-2000"), NOW, last_seq=1,
+                               last_uid=1).fields
+
+
+def test_compiled_saved_result_matches_by_uid() -> None:
+    key = SearchKey("SEQ", (SequenceSet(saved=True),))
+    facts = Stored(42, frozenset(), 1, 0.0, 1)
+    assert compile_program(key, NOW, last_seq=1, last_uid=1, saved_uids={42}).test(
+        1, 42, facts, RawSource(RAW))
