@@ -539,7 +539,10 @@ class MailboxIndex:
         self.views: dict[bytes, Any] = {}
         self.views_lock = threading.Lock()
         self._dirs: dict[Path, tuple[str, str]] = {}  # folder path -> new/, cur/ (as str)
+        # folder key -> (LMDB's last transaction id, its state then): see state()
+        self._states: dict[bytes, tuple[int, FolderState | None]] = {}
         self._data_file = str(root / INDEX_DIR / "data.mdb")
+        self._marker_path = str(root / INDEX_DIR / UNSYNCED_MARKER)
         try:
             self._open()
         except (lmdb.Error, ValueError, struct.error, _UnsyncedIndex):
@@ -644,6 +647,7 @@ class MailboxIndex:
             except (lmdb.Error, ValueError, struct.error, _UnsyncedIndex):
                 self._rebuild()
             self.views.clear()
+            self._states.clear()
 
     def _close(self) -> None:
         _flusher.forget(self)
@@ -791,13 +795,39 @@ class MailboxIndex:
     # ---- conveniences over one transaction -------------------------------------------------
 
     def state(self, key: bytes) -> FolderState | None:
-        with self.reading() as r:
-            return r.folder(key)
+        """A folder's record now. Kept with LMDB's last transaction id (a commit by any
+        process moves it), so asking again while nothing was committed reads no record."""
+        gate = self._gate
+        gate.enter()
+        try:
+            txnid = self.env.info()["last_txnid"]
+            hit = self._states.get(key)
+            if hit is not None and hit[0] == txnid:
+                return hit[1]
+            txn = self._begin(write=False)
+            try:
+                raw = txn.get(key, db=self.folders_db)
+            finally:
+                txn.abort()
+        finally:
+            gate.leave()
+        # (A commit between reading the id and the record only makes the next ask read.)
+        st = None if raw is None else _decode_folder(raw)
+        self._states[key] = (txnid, st)
+        return st
 
-    def refresh(self, key: bytes, path: Path) -> FolderState:
-        """The folder's state after picking up any change on disk: three stat()s and one
-        read when nothing changed, a scan under the write lock otherwise. Raises
-        FileNotFoundError when the folder's directory is gone."""
+    def writer_busy(self) -> bool:
+        """Whether a thread of this process holds (or waits for) the write lock now."""
+        return self._wlock.locked()
+
+    def commits_unflushed(self) -> bool:
+        """Whether a commit that need not be flushed would now cost no fsync at all (the
+        marker of unflushed commits is already in place)."""
+        return self._boot is not None and os.path.exists(self._marker_path)
+
+    def fresh(self, key: bytes, path: Path) -> FolderState | None:
+        """The folder's state when the index reflects its directories now (what refresh()
+        would return without scanning), else None. Three stat()s and one read."""
         self._reopen_if_replaced()
         dirs = self._dirs.get(path)
         if dirs is None:
@@ -805,6 +835,15 @@ class MailboxIndex:
         new_mtime, cur_mtime = os.stat(dirs[0]).st_mtime_ns, os.stat(dirs[1]).st_mtime_ns
         st = self.state(key)
         if st is not None and is_current(st, new_mtime, cur_mtime, time.time_ns()):
+            return st
+        return None
+
+    def refresh(self, key: bytes, path: Path) -> FolderState:
+        """The folder's state after picking up any change on disk: three stat()s and one
+        read when nothing changed, a scan under the write lock otherwise. Raises
+        FileNotFoundError when the folder's directory is gone."""
+        st = self.fresh(key, path)
+        if st is not None:
             return st
         for _ in range(16):
             try:

@@ -249,6 +249,15 @@ def latest_view(index: MailboxIndex, key: bytes, path: Path) -> View:
         return view
 
 
+def index_is_fresh(index: MailboxIndex, key: bytes, path: Path) -> bool:
+    """Whether the index reflects a folder's directories now: latest_view() would not
+    scan (a few stat()s and one index read; building a view is work in memory only)."""
+    try:
+        return index.fresh(key, path) is not None
+    except FileNotFoundError:
+        return False
+
+
 def read_header(f: BinaryIO) -> bytes:
     """The octets of a message up to and including the blank line ending its header (the
     whole file when there is none), read in chunks."""
@@ -279,12 +288,17 @@ class LruCache:
         self._lock = threading.Lock()
 
     def get(self, key: Any) -> Any:
-        with self._lock:
-            hit = self._items.get(key)
-            if hit is None:
-                return None
-            self._items.move_to_end(key)
-            return hit[0]
+        # No lock: each OrderedDict call is atomic (under the GIL), and a key evicted
+        # between the two calls was simply a hit just before.
+        items = self._items
+        hit = items.get(key)
+        if hit is None:
+            return None
+        try:
+            items.move_to_end(key)
+        except KeyError:
+            pass
+        return hit[0]
 
     def put(self, key: Any, value: Any, size: int) -> None:
         with self._lock:
@@ -298,6 +312,9 @@ class LruCache:
             while self._bytes > self.max_bytes:
                 _, (_, n) = self._items.popitem(last=False)
                 self._bytes -= n
+
+    def has(self, key: Any) -> bool:
+        return key in self._items
 
     def pop(self, key: Any) -> None:
         with self._lock:
@@ -422,6 +439,15 @@ class Account:
         parents = {n.rsplit("/", i)[0] for n in names for i in range(1, n.count("/") + 1)}
         subscribed = set(self.subscriptions())
         return [FolderInfo(n, SPECIAL_USE.get(n), n in subscribed, n in parents) for n in names]
+
+    def fresh(self, name: str) -> bool:
+        """Whether mailbox `name` exists and opening it (folder(), sync()) would cost no
+        scan: the index reflects its directories now."""
+        try:
+            _, key, path = self._resolve(name)
+        except StoreError:
+            return False
+        return index_is_fresh(self.index, key, path)
 
     def folder(self, name: str) -> Folder:
         """A new view of mailbox `name` (SELECT, EXAMINE, STATUS, APPEND, COPY target).
@@ -682,6 +708,15 @@ class Folder:
         """The process's newest view of this mailbox, leaving this one alone.
         Raises StoreError(NONEXISTENT)."""
         return self._latest()
+
+    def fresh(self) -> bool:
+        """Whether a sync now would cost no scan (only work in memory)."""
+        return index_is_fresh(self._index, self._key, self._path)
+
+    def quick_flag_change(self) -> bool:
+        """Whether a store() of system flags would now neither wait for another thread of
+        this process nor flush anything (MailboxIndex.commits_unflushed)."""
+        return not self._index.writer_busy() and self._index.commits_unflushed()
 
     def behind(self, view: View) -> bool:
         """Whether a sync would move this view to `view` (or drop changes of its own)."""

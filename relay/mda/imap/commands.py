@@ -4,14 +4,16 @@
 out as an Execute event, writes its untagged responses to `out`, then, with a mailbox
 selected, syncs it and writes the updates (RFC 3501 §7: EXISTS, EXPUNGE where §7.4.1
 allows, FETCH FLAGS) and returns the tagged completion (responses.Done). `poll(ctx, out)`
-is the same sync alone, for IDLE (RFC 2177).
+is the same sync alone, for IDLE (RFC 2177). `inline(ctx, command)` says whether a
+command may run on the event loop rather than in a worker thread (see there).
 
 The table maps command names to implementations grouped by topic: the selected-state
 basics here (SELECT, EXAMINE, CLOSE, UNSELECT, CHECK, NOOP, ENABLE), mailbox management in
 mailboxes.py, FETCH in fetch.py, STORE/COPY/MOVE/EXPUNGE/SEARCH in messages.py. The machine
 has already checked each command's state and syntax.
 
-Blocking (files, fsync, LMDB): the session calls this from a worker thread.
+Blocking (files, fsync, LMDB): the session calls this from a worker thread, except for
+the commands inline() admits, which touch nothing that waits on a disk.
 Trust: arguments come from an authenticated client and name only its own account's
 mailboxes (store.Account validates names); failures become NO/BAD, never exceptions,
 except OSError from a broken disk, which is logged and answered [SERVERBUG].
@@ -25,7 +27,7 @@ from collections.abc import Callable
 
 from relay.mda.imap import fetch, mailboxes, messages, parser
 from relay.mda.imap.context import Context, store_error
-from relay.mda.imap.parser import Command
+from relay.mda.imap.parser import Command, SearchKey
 from relay.mda.imap.responses import (
     BAD_SEQUENCE,
     SERVER_BUG,
@@ -73,6 +75,102 @@ def execute(ctx: Context, command: Command, out: Output) -> Done:
         except MailboxGone:
             return _gone(ctx, out)
     return done
+
+
+# What inline() lets run on the event loop: the thread hand-off costs about as much as a
+# small command itself, so commands answered from memory run where they arrive.
+INLINE_FETCH_MAX = 1000  # messages of a FETCH of index items or cached headers
+INLINE_BODY_MAX = 64  # messages of a FETCH of cached whole messages
+INLINE_STORE_MAX = 64  # messages of a STORE (one rename each)
+INLINE_SEARCH_MAX = 20000  # messages in a mailbox SEARCHed inline
+_SYSTEM_LOWER = frozenset(f.lower() for f in ("\\Answered", "\\Deleted", "\\Draft",
+                                              "\\Flagged", "\\Seen", "$Forwarded", "\\Recent"))
+_INDEX_FETCH = frozenset({"UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE", "MODSEQ", "BINARY",
+                          "BINARY.SIZE"})
+_INDEX_SEARCH = frozenset({
+    "ALL", "ANSWERED", "UNANSWERED", "DELETED", "UNDELETED", "DRAFT", "UNDRAFT", "FLAGGED",
+    "UNFLAGGED", "SEEN", "UNSEEN", "RECENT", "OLD", "NEW", "KEYWORD", "UNKEYWORD", "LARGER",
+    "SMALLER", "SEQ", "UID", "MODSEQ", "BEFORE", "ON", "SINCE", "OLDER", "YOUNGER"})
+_COLUMN_SEARCH = {"FROM": "from", "TO": "to", "CC": "cc", "BCC": "bcc", "SUBJECT": "subject"}
+
+
+def inline(ctx: Context, command: Command) -> bool:
+    """Whether `command` may run on the event loop: it needs only what is in memory and
+    the index (which is current: no scan), or, for STORE of system flags, a few renames
+    and an index commit that is not flushed (so nothing waits on a disk; the write lock
+    of another process is held for as short). False in doubt: the worker thread is
+    always right. Costs a few stat()s and one index read."""
+    try:
+        return _inline(ctx, command)
+    except (StoreError, BadSequence, MailboxGone, OSError):
+        return False
+
+
+def _inline(ctx: Context, command: Command) -> bool:
+    name, args, selected = command.name, command.args, ctx.selected
+    if name in ("NOOP", "CHECK"):
+        return selected is None or selected.folder.fresh()
+    if name in ("SELECT", "EXAMINE"):
+        assert isinstance(args, parser.Select)
+        return ctx.account.fresh(args.mailbox)
+    if selected is None:
+        return False
+    if name == "FETCH":
+        assert isinstance(args, parser.Fetch)
+        targets = selected.resolve(args.sequence, command.uid)
+        if len(targets) > INLINE_FETCH_MAX:
+            return False
+        uids = [u for _, u in targets]
+        head = whole = False
+        for item in args.items:
+            if item.name in _INDEX_FETCH:
+                continue
+            if fetch.sets_seen(item) and not selected.readonly:
+                return False  # a STORE of \Seen first
+            if fetch.header_only(item):
+                head = True
+            else:
+                whole = True
+        cache = selected.cache
+        if whole and (len(uids) > INLINE_BODY_MAX or not cache.has_messages(uids)):
+            return False
+        if head and not whole and not cache.has_headers(uids):
+            return False
+        return selected.folder.fresh()
+    if name == "SEARCH":
+        assert isinstance(args, parser.Search)
+        fields: set[str] = set()
+        if selected.exists > INLINE_SEARCH_MAX or not _search_inline(args.key, fields):
+            return False
+        if fields and not selected.cache.has_columns(selected.uids, fields):
+            return False
+        return selected.folder.fresh()
+    if name == "STORE":
+        assert isinstance(args, parser.Store)
+        if selected.readonly:
+            return True  # refused at once
+        if args.mode is parser.StoreMode.REPLACE:  # may drop keywords: a flushed commit
+            return False
+        if not all(f.lower() in _SYSTEM_LOWER for f in args.flags):
+            return False  # keywords live only in the index: a flushed commit
+        if len(selected.resolve(args.sequence, command.uid)) > INLINE_STORE_MAX:
+            return False
+        folder = selected.folder
+        return folder.quick_flag_change() and folder.fresh()
+    return False
+
+
+def _search_inline(key: SearchKey, fields: set[str]) -> bool:
+    """Whether a SEARCH program reads only the index and header columns (those it reads
+    are added to `fields`)."""
+    name = key.name
+    if name in ("AND", "OR", "NOT"):
+        return all(_search_inline(k, fields) for k in key.args  # type: ignore[arg-type]
+                   if isinstance(k, SearchKey))
+    if name in _COLUMN_SEARCH:
+        fields.add(_COLUMN_SEARCH[name])
+        return True
+    return name in _INDEX_SEARCH
 
 
 def poll(ctx: Context, out: Output) -> Done | None:

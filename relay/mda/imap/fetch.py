@@ -16,9 +16,11 @@ relay.mda.imap.{context,message,parser,responses,selected}.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from relay.mda.imap import parser
 from relay.mda.imap.context import Context
-from relay.mda.imap.message import partial
+from relay.mda.imap.message import Message, partial
 from relay.mda.imap.parser import Command, FetchItem, Section
 from relay.mda.imap.responses import (
     EXPUNGE_ISSUED,
@@ -29,6 +31,7 @@ from relay.mda.imap.responses import (
     ok,
 )
 from relay.mda.imap.selected import PREFETCH, Output, SelectedMailbox
+from relay.mda.store import Message as Stored
 
 # Items answered from the index alone.
 _INDEX_ITEMS = frozenset({"UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE", "MODSEQ"})
@@ -56,23 +59,24 @@ def fetch(ctx: Context, cmd: Command, out: Output) -> Done:
         targets = [(s, u) for s, u in targets
                    if selected.messages[u].modseq > args.changedsince]
     seen_now: set[int] = set()
-    if not selected.readonly and any(_sets_seen(i) for i in items):
+    if not selected.readonly and any(sets_seen(i) for i in items):
         unseen = [u for _, u in targets if "\\Seen" not in selected.messages[u].flags]
         if unseen:
             seen_now = {m.uid for m in selected.store(unseen, ["\\Seen"], "+")}
     if seen_now and not any(i.name == "FLAGS" for i in items):
         items.append(FetchItem("FLAGS"))
     missing = False
-    keys = [item.response_key().encode("latin-1") + b" " if item.section is not None
-            else b"" for item in items]
-    headers = any(_header_only(i) for i in items) and len(targets) > 1
+    msgs = selected.messages  # after our own \Seen above
+    cache = selected.cache
+    header_items = any(header_only(i) for i in items)
     for start in range(0, len(targets), PREFETCH):
         chunk = targets[start:start + PREFETCH]
-        if headers:  # read the header sections of the chunk in one go
-            selected.cache.prefetch_headers([u for _, u in chunk])
+        # Header sections of the chunk in one go (the shared cache, the index, the files).
+        headers = cache.headers_for([u for _, u in chunk]) if header_items else {}
+        getters = [_getter(selected, msgs, headers, item) for item in items]
         for seq, uid in chunk:
             try:
-                parts = [_item(selected, uid, item, key) for item, key in zip(items, keys)]
+                parts = [get(uid) for get in getters]
             except KeyError:
                 missing = True  # expunged by another session and no longer readable
                 continue
@@ -80,13 +84,44 @@ def fetch(ctx: Context, cmd: Command, out: Output) -> Done:
     return EXPUNGE_ISSUED if missing else ok("FETCH completed")
 
 
-def _header_only(item: FetchItem) -> bool:
+def header_only(item: FetchItem) -> bool:
+    """Whether the item needs only the header section."""
     section = item.section
     return item.name in ("ENVELOPE", "RFC822.HEADER") or (
         section is not None and not section.part and section.text in _HEADER_TEXTS)
 
 
-def _sets_seen(item: FetchItem) -> bool:
+def _getter(selected: SelectedMailbox, msgs: dict[int, Stored], headers: dict[int, Message],
+            item: FetchItem) -> Callable[[int], bytes]:
+    """uid -> the item's "NAME value" pair, with what can be worked out once done once."""
+    name = item.name
+    if name == "UID":
+        return lambda uid: b"UID %d" % uid
+    if name == "FLAGS":
+        return lambda uid: b"FLAGS " + flag_list(msgs[uid].flags)
+    if name == "RFC822.SIZE":
+        return lambda uid: b"RFC822.SIZE %d" % msgs[uid].size
+    if name == "MODSEQ":
+        return lambda uid: b"MODSEQ (%d)" % msgs[uid].modseq
+    cache = selected.cache
+
+    def header(uid: int) -> Message:
+        msg = headers.get(uid)
+        return msg if msg is not None else cache.header(uid)
+
+    if name == "ENVELOPE":
+        return lambda uid: b"ENVELOPE " + header(uid).envelope()
+    section = item.section
+    if (section is not None and not section.part and section.text in _HEADER_TEXTS
+            and item.partial is None):
+        key = item.response_key().encode("latin-1") + b" "
+        return lambda uid: key + _literal(header(uid).section(section))
+    key = item.response_key().encode("latin-1") + b" " if section is not None else b""
+    return lambda uid: _item(selected, uid, item, key)
+
+
+def sets_seen(item: FetchItem) -> bool:
+    """Whether fetching the item sets \\Seen (RFC 3501 §6.4.5)."""
     return item.name in _SETS_SEEN or (item.name == "BODY" and item.section is not None
                                        and not item.peek)
 

@@ -766,7 +766,7 @@ class Message:
     def __init__(self, raw: bytes) -> None:
         self.raw = raw
         self.root = _parse_entity(raw, 0, len(raw), _text_plain(), 0)
-        self._fields_memo: dict[Section, bytes] | None = None  # HEADER.FIELDS answers
+        self._fields_memo: dict[tuple, bytes] | None = None  # HEADER.FIELDS answers
 
     def envelope(self) -> bytes:
         """RFC 3501 §7.4.2 ENVELOPE, wire-ready."""
@@ -790,12 +790,13 @@ class Message:
             memo = self._fields_memo
             if memo is None:
                 memo = self._fields_memo = {}
-            hit = memo.get(spec)
+            key = (spec.text, spec.fields)
+            hit = memo.get(key)
             if hit is None:
                 hit = _section(self.raw, self.root, spec)
                 assert hit is not None
                 if len(memo) < 8:
-                    memo[spec] = hit
+                    memo[key] = hit
             return hit
         return _section(self.raw, self.root, spec)
 

@@ -309,17 +309,23 @@ class MessageCache:
         hit = self._get(uid)
         if hit is not None:
             return hit[1] if hit[1] is not None else self.message(uid)
-        parsed = self.prefetch_headers([uid])
+        parsed = self.headers_for([uid])
         if uid not in parsed:
             raise KeyError(uid)
         return parsed[uid]
 
-    def prefetch_headers(self, uids: Iterable[int]) -> dict[int, Message]:
-        """Header parses of `uids` not yet in the shared cache, read in batches (index
-        header cache, else the files); returns those it parsed."""
+    def headers_for(self, uids: Iterable[int]) -> dict[int, Message]:
+        """Header parses of the readable messages among `uids`: from the shared cache,
+        else read in batches (index header cache, else the files) and cached."""
         get, key = self.shared.headers.get, self._key
-        missing = [u for u in uids if get(key(u)) is None]
         out: dict[int, Message] = {}
+        missing = []
+        for uid in uids:
+            msg = get(key(uid))
+            if msg is None:
+                missing.append(uid)
+            else:
+                out[uid] = msg
         for i in range(0, len(missing), PREFETCH):
             chunk = missing[i:i + PREFETCH]
             full = {}
@@ -355,20 +361,37 @@ class MessageCache:
             wanted = tuple(dict.fromkeys((*COLUMNS, *fields)))
             for i in range(0, len(need), PREFETCH):
                 chunk = need[i:i + PREFETCH]
-                parsed = self.prefetch_headers(chunk)
+                parsed = self.headers_for(chunk)
                 for uid in chunk:
                     msg = parsed.get(uid)
                     if msg is None:
-                        try:
-                            msg = self.header(uid)
-                        except KeyError:
-                            continue
+                        continue  # no longer readable
                     entry = table.get(uid) or {}
                     entry = {**entry, **{f: tuple(v.casefold() for v in msg.header_values(f))
                                          for f in wanted if f not in entry}}
                     table[uid] = entry
             store.put(self._prefix, table, 64 + len(table) * 320)
         return table
+
+    def has_headers(self, uids: Iterable[int]) -> bool:
+        """Whether header parses of all `uids` are in memory (no reading needed)."""
+        headers, messages, key = self.shared.headers, self.shared.messages, self._key
+        return all(headers.has(key(u)) or messages.has(key(u)) for u in uids)
+
+    def has_messages(self, uids: Iterable[int]) -> bool:
+        """Whether all of `uids` are in memory whole (no reading needed)."""
+        messages, key, big = self.shared.messages, self._key, self._big
+        return all(messages.has(key(u)) or (big is not None and big[0] == u) for u in uids)
+
+    def has_columns(self, uids: list[int], fields: Iterable[str]) -> bool:
+        """Whether columns() of `uids` and `fields` needs no reading or parsing."""
+        table = self.shared.columns.get(self._prefix)
+        if table is None:
+            return not uids
+        if not table.keys() >= set(uids):
+            return False
+        extra = [f for f in fields if f not in COLUMNS]
+        return not extra or all(all(f in table[u] for f in extra) for u in uids)
 
     def drop(self, uid: int) -> None:
         if self._big is not None and self._big[0] == uid:

@@ -8,7 +8,10 @@ stat()s, and only the sessions whose mailbox did change sync; so deliveries by o
 processes show up within a second or two, and thousands of idle sessions cost little).
 Untagged responses from a command are streamed to the socket while it runs
 (`_ThreadWriter`, with flow control), so a large FETCH is not built in memory; the last
-chunk goes out with the tagged completion, in one write.
+chunk goes out with the tagged completion, in one write. Commands answered from memory
+(commands.inline: FETCH of cached messages, SEARCH of index data and cached header
+fields, SELECT of a current view, STORE of system flags) run on the event loop itself:
+handing them to a thread and back would cost as much again as running them.
 
 Imports: asyncio, relay.mda.imap.{machine,commands,context}, relay.mda.{login,store},
 relay.auth.throttle, relay.metrics.
@@ -59,6 +62,7 @@ IDLE_KEEPALIVE = 120.0  # "* OK Still here" during a quiet IDLE, for NAT and fir
 WRITE_CHUNK = 64 * 1024
 WRITE_STALL = 300.0  # a client that reads nothing for this long is dropped
 READ_AHEAD = 64 * 1024  # input buffered while a command runs before reading pauses
+INLINE_BURST = 16  # pipelined commands run inline in a row before other sessions' turn
 
 
 class ConnectionGone(Exception):
@@ -205,12 +209,22 @@ class ImapSession(asyncio.Protocol):
     def _drive_events(self) -> None:
         machine = self.machine
         assert machine is not None
+        burst = INLINE_BURST
         while not self._busy and not self._closing:
             event = machine.next_event()
             for name in machine.counted():
                 metrics.TALLY.add(_command_counter(name))
             if isinstance(event, Execute):
                 self._flush()
+                assert self.ctx is not None
+                if burst and commands.inline(self.ctx, event.command):
+                    burst -= 1
+                    self._inline(event)
+                    if not burst:  # let other sessions in; go on at the next turn
+                        self._flush()
+                        self.loop.call_soon(self._drive)
+                        return
+                    continue
                 self._execute(event)
             elif isinstance(event, Login):
                 self._flush()
@@ -270,6 +284,14 @@ class ImapSession(asyncio.Protocol):
         acct = self.listener.store.account(account)
         acct.ensure_defaults()  # INBOX, Sent, Drafts, Trash, Junk on first login
         return Context(acct, append_limit=self.listener.append_limit)
+
+    def _inline(self, event: Execute) -> None:
+        """Run a command that commands.inline() admitted, here on the event loop."""
+        machine = self.machine
+        assert machine is not None and self.ctx is not None
+        out = _ThreadWriter(self, inline=True)
+        done, self._tail = out.run(commands.execute, self.ctx, event.command)
+        machine.finish(done)
 
     def _execute(self, event: Execute) -> None:
         """Run the command in a worker thread; `_executed` takes over on the loop."""
@@ -413,8 +435,9 @@ class _ThreadWriter:
     """Untagged responses written by a command in a worker thread, handed to the event
     loop in chunks; waits while the transport's buffer is full (pause_writing)."""
 
-    def __init__(self, session: ImapSession) -> None:
+    def __init__(self, session: ImapSession, inline: bool = False) -> None:
         self.session = session
+        self.inline = inline  # on the event loop: hand chunks to the transport at once
         self.buf: list[bytes] = []
         self.size = 0
 
@@ -434,6 +457,10 @@ class _ThreadWriter:
 
     def flush(self) -> None:
         session = self.session
+        if self.inline:  # (inline output is bounded: commands.inline)
+            data, self.buf, self.size = b"".join(self.buf), [], 0
+            session._write(data)
+            return
         if not session._writable.wait(WRITE_STALL) or session._closing:
             raise ConnectionGone
         if self.buf:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from relay.mda import index as index_module
 from relay.mda.imap import commands
 from relay.mda.imap.context import Context
 from relay.mda.imap.parser import Command, CommandReader
@@ -519,6 +520,48 @@ def test_another_process_takes_headers_from_the_index(store: MailStore, client: 
         assert c.ctx.selected is not None and c.ctx.selected.cache.reads == 0
     finally:
         second.close()
+
+
+def inline(client: Client, line: bytes) -> bool:
+    reader = CommandReader()
+    reader.feed(line + b"\r\n")
+    cmd = reader.next()
+    assert isinstance(cmd, Command)
+    return commands.inline(client.ctx, cmd)
+
+
+def test_commands_answered_from_memory_may_run_inline(client: Client) -> None:
+    assert inline(client, b"a NOOP") and inline(client, b"a SELECT INBOX")
+    assert inline(client, b"a FETCH 1:* (UID FLAGS RFC822.SIZE INTERNALDATE)")
+    assert inline(client, b"a SEARCH UNSEEN SINCE 1-Jan-2000 UID 1:*")
+    # Headers and bodies only once they are in memory; never a FETCH that sets \Seen.
+    assert not inline(client, b"a FETCH 1:* ENVELOPE")
+    assert not inline(client, b"a SEARCH FROM alice")
+    assert not inline(client, b"a FETCH 2 BODY.PEEK[]")
+    client(b"b FETCH 1:* ENVELOPE")
+    client(b"c FETCH 2 BODY.PEEK[]")
+    client(b"d SEARCH FROM alice")
+    assert inline(client, b"a FETCH 1:* (FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+    assert inline(client, b"a FETCH 2 (BODY.PEEK[] BODYSTRUCTURE)")
+    assert inline(client, b"a SEARCH OR FROM alice SUBJECT apples")
+    assert not inline(client, b"a FETCH 2 BODY[]")
+    assert not inline(client, b"a FETCH 1:3 BODY.PEEK[]")  # 1 and 3 were never read
+    assert not inline(client, b"a SEARCH BODY apples")
+    assert not inline(client, b"a SEARCH HEADER X-Mailer x")
+    # Writes: system flags only, and only when nothing would be flushed for them.
+    assert not inline(client, b"a STORE 1 +FLAGS ($Work)")
+    assert not inline(client, b"a STORE 1 FLAGS (\\Seen)")  # may drop keywords
+    assert not inline(client, b"a EXPUNGE") and not inline(client, b"a COPY 1 Trash")
+    if index_module.boot_id() is not None:
+        client(b"e STORE 1 +FLAGS (\\Seen)")  # a commit not flushed: the marker is there
+        assert inline(client, b"a STORE 1 -FLAGS (\\Seen \\Flagged)")
+
+
+def test_a_directory_changed_on_disk_sends_commands_to_a_thread(client: Client,
+                                                                deliver) -> None:  # type: ignore[no-untyped-def]
+    deliver(b"Subject: new\r\n\r\nnew\r\n")  # the next sync scans: not on the event loop
+    assert not inline(client, b"a NOOP") and not inline(client, b"a FETCH 1 UID")
+    assert client(b"b NOOP") == b"* 4 EXISTS\r\nb OK NOOP completed\r\n"
 
 
 def test_idle_poll_reports_new_mail(client: Client, deliver) -> None:  # type: ignore[no-untyped-def]
