@@ -2,15 +2,19 @@
 
 Items are answered in the order asked, UID first for UID FETCH. What the index knows
 (FLAGS, UID, INTERNALDATE, RFC822.SIZE, MODSEQ) is answered without opening a file;
-ENVELOPE and top-level header sections read only the header; everything else reads and
-parses the message once per command through the selected mailbox's MessageCache.
+ENVELOPE and top-level header sections need only the header, read in batches (the
+process's cache of parsed headers, else the index's header cache, else the files);
+everything else reads and parses the message once, through the selected mailbox's
+MessageCache (whose parses the sessions of the process share). Each item becomes a
+function of the UID once per command (`_getter`), as one FETCH often names thousands.
 Body sections go out as literals, exact slices of the stored file (message.Message).
 
 \\Seen: a non-PEEK BODY[...], RFC822 or RFC822.TEXT of a read-write mailbox sets it
 (RFC 3501 §6.4.5), in one store call before the responses, and those responses then
 carry FLAGS.
 
-Blocking: runs in the session's worker thread. Imports: stdlib,
+Blocking: runs in the session's worker thread (on the event loop only when everything
+it needs is in memory: commands.inline). Imports: stdlib, relay.mda.store,
 relay.mda.imap.{context,message,parser,responses,selected}.
 """
 

@@ -768,6 +768,18 @@ class Message:
         self.root = _parse_entity(raw, 0, len(raw), _text_plain(), 0)
         self._fields_memo: dict[tuple, bytes] | None = None  # HEADER.FIELDS answers
 
+    @classmethod
+    def of_header(cls, raw: bytes) -> Message:
+        """A parse of a header section alone, for what needs only its fields (ENVELOPE,
+        BODY[HEADER...], header_values, has_header, sent_date): Content-Type is not
+        looked at, so its structure answers nothing else."""
+        msg = cls.__new__(cls)
+        msg.raw = raw
+        header_end, body_start = _split_header(raw, 0, len(raw))
+        msg.root = MimePart(0, body_start, len(raw), _fields(raw, 0, header_end), _text_plain())
+        msg._fields_memo = None
+        return msg
+
     def envelope(self) -> bytes:
         """RFC 3501 §7.4.2 ENVELOPE, wire-ready."""
         return _envelope(self.raw, self.root)

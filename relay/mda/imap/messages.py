@@ -4,9 +4,13 @@ UID EXPUNGE RFC 4315 §2.1) and SEARCH (§6.4.4; ESEARCH RFC 4731; MODSEQ RFC 71
 each also in its UID form (§6.4.8).
 
 Sequence numbers are resolved against what the client was told (selected.SelectedMailbox);
-EXPUNGE responses renumber as they go (RFC 3501 §7.4.1).
+EXPUNGE responses renumber as they go (RFC 3501 §7.4.1). SEARCH compiles its program
+once (search.compile_program) and runs it over the view, header fields coming from the
+folder's decoded columns (MessageCache.columns), so a SEARCH FROM reads no file once the
+process has seen the headers.
 
-Blocking: runs in the session's worker thread. Imports: stdlib, relay.mda.store,
+Blocking: runs in the session's worker thread (STORE of system flags and SEARCH from
+memory also on the event loop: commands.inline). Imports: stdlib, relay.mda.store,
 relay.mda.imap.{context,parser,responses,search,selected}.
 """
 

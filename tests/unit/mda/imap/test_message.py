@@ -537,3 +537,20 @@ def test_sent_date() -> None:
     assert Message(RFC3501_SAMPLE).sent_date() == dt.date(1996, 7, 17)
     assert Message(entity([b"Date: yesterday"], b"")).sent_date() is None
     assert Message(entity([], b"")).sent_date() is None
+
+
+def test_a_header_alone_answers_what_the_whole_message_does() -> None:
+    raw = (b"Date: Mon, 7 Feb 1994 21:52:25 -0800\r\nFrom: Fred <fred@example.org>\r\n"
+           b"Subject: =?ISO-8859-1?Q?Caf=E9?=\r\n\tfolded\r\nTo: a@b.c, d@e.f\r\n"
+           b"Content-Type: multipart/mixed; boundary=x\r\nX-Empty:\r\nno colon here\r\n\r\n"
+           b"--x\r\nContent-Type: text/plain\r\n\r\nbody\r\n--x--\r\n")
+    header = raw[: raw.index(b"\r\n\r\n") + 4]
+    whole, alone = Message(raw), Message.of_header(header)
+    assert alone.envelope() == whole.envelope()
+    for spec in ("HEADER", "HEADER.FIELDS (SUBJECT TO)", "HEADER.FIELDS.NOT (SUBJECT)"):
+        assert alone.section(spec) == whole.section(spec)
+    for name in ("subject", "to", "x-empty", "absent"):
+        assert alone.header_values(name) == whole.header_values(name)
+        assert alone.has_header(name) == whole.has_header(name)
+    assert alone.sent_date() == whole.sent_date()
+    assert alone.header_text() == whole.header_text()
