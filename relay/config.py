@@ -110,6 +110,14 @@ class MdaConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AuthConfig:
+    # Dovecot auth_cache: a password verified with argon2id within cache_ttl seconds, against
+    # the same stored hash, is accepted without hashing again. 0 disables the cache.
+    cache_ttl: float = 3600.0  # Dovecot auth_cache_ttl: 1 hour
+    cache_size: int = 100_000  # accounts remembered per worker (least recently used evicted)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: Path
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -120,6 +128,7 @@ class Config:
     queue: QueueConfig = field(default_factory=QueueConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     mda: MdaConfig = field(default_factory=MdaConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
 
     @property
     def worker_count(self) -> int:
@@ -215,9 +224,13 @@ def parse(raw: dict[str, Any], path: Path) -> Config:
                                          d.connection_cache_time, allow_zero=True),
     )
     mda = MdaConfig(allow_plaintext_auth=r.boolean("mda", "allow_plaintext_auth", False))
+    auth = AuthConfig(
+        cache_ttl=r.duration("auth", "cache_ttl", AuthConfig().cache_ttl, allow_zero=True),
+        cache_size=r.integer("auth", "cache_size", AuthConfig().cache_size, minimum=1),
+    )
     r.refuse_unknown()
     return Config(path=path, server=server, listen=listen, tls=tls, relay=relay,
-                  limits=limits, queue=queue, delivery=delivery, mda=mda)
+                  limits=limits, queue=queue, delivery=delivery, mda=mda, auth=auth)
 
 
 class _Reader:
@@ -290,8 +303,9 @@ class _Reader:
             return default
         seconds = _seconds(v)
         if seconds is None or seconds < 0 or (seconds == 0 and not allow_zero):
+            bound = ">= 0" if allow_zero else "> 0"
             raise ConfigError(f"{section}.{key}",
-                              'must be a duration > 0: seconds, or "30s", "5m", "4h", "5d"')
+                              f'must be a duration {bound}: seconds, or "30s", "5m", "4h", "5d"')
         return seconds
 
     def durations(self, section: str, key: str, default: tuple[float, ...]) -> tuple[float, ...]:

@@ -58,6 +58,9 @@ IMAP_COMMANDS = Counter(
     "relay_imap_commands_total", "IMAP commands processed, by command", ["command"])
 AUTH_FAILURES = Counter(
     "relay_auth_failures_total", "Failed logins, by protocol", ["protocol"])
+AUTH_CACHE = Counter(
+    "relay_auth_cache_total", "Login cache lookups (hit: no argon2id check), by result",
+    ["result"])
 BUILD_INFO = Gauge(
     "relay_build_info", "Build facts: which parser implementation serves",
     ["version", "parser"], multiprocess_mode="max")

@@ -27,6 +27,7 @@ from relay.delivery.scheduler import DeliveryScheduler, Policy
 from relay.auth.throttle import ConnectionLimiter
 from relay.mda.imap.session import ImapListener, ImapSession
 from relay.auth.login import Authenticator
+from relay.auth.cache import LoginCache
 from relay.mda.maildir import MaildirStore
 from relay.mda.pop3.session import Pop3Listener, Pop3Session
 from relay.mda.store import MailStore
@@ -78,7 +79,8 @@ async def _serve(config: Config, index: int) -> None:
     scheduler = _delivery(config, index, store, committer, accounts, ids)
     cert, key = tls.certificate_paths(config)
     tls_context = tls.server_context(cert, key) if cert.exists() and key.exists() else None
-    authenticator = Authenticator(accounts)
+    authenticator = Authenticator(accounts, cache=LoginCache(config.auth.cache_ttl,
+                                                             config.auth.cache_size))
     policy = RecipientPolicy(config.relay.local_domains, accounts)
     intake = Intake(config.server.hostname, committer, ids,
                     scheduler.submit if config.delivery.enabled else None)

@@ -78,24 +78,43 @@ class AccountStore:
                     return key
         return None
 
-    def verify(self, address: str, password: str) -> bool:
+    def password_hash(self, address: str) -> str | None:
+        """The account's stored argon2id hash (one LMDB read, no hashing), or None."""
         try:
             key = self.normalize(address)
         except AccountError:
-            return False
-        with self.env.begin() as txn:
-            raw = txn.get(key.encode(), db=self.db)
-        if raw is None:
+            return None
+        return self._stored_hash(key)
+
+    def verified_hash(self, address: str, password: str) -> str | None:
+        """The stored hash `password` was verified against (argon2id, slow), or None.
+
+        Returning the very hash that was checked lets a cache bind its entry to it
+        (relay.auth.cache), even if the account is replaced during the check."""
+        try:
+            key = self.normalize(address)
+        except AccountError:
+            return None
+        stored = self._stored_hash(key)
+        if stored is None:
             # Spend the same time as a real check so timing does not reveal accounts.
             try:
                 self._hasher.verify(_dummy_hash(), password)
             except argon2.exceptions.VerificationError:
                 pass
-            return False
+            return None
         try:
-            return self._hasher.verify(json.loads(raw)["hash"], password)
+            return stored if self._hasher.verify(stored, password) else None
         except (argon2.exceptions.VerificationError, argon2.exceptions.InvalidHashError):
-            return False
+            return None
+
+    def verify(self, address: str, password: str) -> bool:
+        return self.verified_hash(address, password) is not None
+
+    def _stored_hash(self, key: str) -> str | None:
+        with self.env.begin() as txn:
+            raw = txn.get(key.encode(), db=self.db)
+        return None if raw is None else str(json.loads(raw)["hash"])
 
 
 @functools.cache
