@@ -7,14 +7,19 @@ INTERNALDATE, MODSEQ). Beside them: every live message under (uidvalidity, modse
 and a tombstone per expunge, so "what changed since MODSEQ m" is one key range (views
 are brought up to date incrementally, Dovecot's transaction log role); and a header cache
 (uid -> the message's header section, Dovecot's dovecot.index.cache role), filled on first
-read and never invalidated: Maildir files do not change. The directory has no leading
+read and never invalidated: Maildir files do not change. And the \\Recent watermark
+(RFC 3501 §2.3.2, Dovecot's first_recent_uid): the UIDs from it on are recent for the next
+session to claim them (see IndexTxn.claim_recent). The directory has no leading
 dot, so Maildir++ readers, which take every ".name" directory for a folder, ignore it.
 
 The Maildir stays the truth. `scan` reconciles a folder's index with its files: files in
 new/ move to cur/ (gaining ":2,") and get the next UIDs in arrival order; files renamed by
-any tool update the system flags; files gone are expunged. The index is therefore
-rebuildable: when it is missing or unreadable it is created afresh and every folder gets a
-new UIDVALIDITY on first use, as RFC 3501 §2.3.1.1 demands when UIDs cannot be kept.
+any tool update the system flags; files gone are expunged. A folder's first scan (a new or
+rebuilt index) numbers the files already in cur/ before those it moves from new/, and puts
+the recent watermark between them: as in Dovecot, what was still in new/ is recent. The
+index is therefore rebuildable: when it is missing or unreadable it is created afresh and
+every folder gets a new UIDVALIDITY on first use, as RFC 3501 §2.3.1.1 demands when UIDs
+cannot be kept.
 UIDVALIDITY values come from max(now, last issued + 1), the last one also kept in
 <maildir>/relay-uidvalidity (Dovecot's dovecot-uidvalidity), so a rebuilt index never
 reissues a value, even within the same second.
@@ -70,7 +75,7 @@ import lmdb
 
 from relay.mda import maildir
 
-SCHEMA_VERSION = b"2"
+SCHEMA_VERSION = b"3"
 INDEX_DIR = "relay-index"
 UIDVALIDITY_FILE = "relay-uidvalidity"
 REBUILD_LOCK = "relay-index.lock"
@@ -82,8 +87,10 @@ TOMBSTONES_KEPT = 50_000  # expunges remembered, in MODSEQs (older views are reb
 MAX_CACHED_HEADER = 256 * 1024  # larger header sections are read from the file each time
 INBOX_KEY = b"INBOX"  # folder keys are Maildir++ directory names (".Work"); INBOX has none
 
-# uidvalidity, uidnext, highestmodseq, new/ and cur/ mtime, last scan, tombstone floor
-_FOLDER = struct.Struct(">IIQqqqQ")
+# uidvalidity, uidnext, highestmodseq, new/ and cur/ mtime, last scan, tombstone floor,
+# first recent UID
+_FOLDER = struct.Struct(">IIQqqqQI")
+_FOLDER_V2 = struct.Struct(">IIQqqqQ")
 _FOLDER_V1 = struct.Struct(">IIQqq")
 _ENTRY = struct.Struct(">QQdH")  # modseq, size, internaldate, len(file name)
 _MSG_KEY = struct.Struct(">II")  # uidvalidity, uid: a folder's messages are one key range
@@ -102,6 +109,7 @@ class FolderState:
     cur_mtime: int = -1
     scan_ns: int = 0  # wall clock (ns) of the stat()s of the last full scan
     expunge_floor: int = 0  # tombstones at or below this MODSEQ may have been pruned
+    first_recent: int = 1  # UIDs from here on are \Recent for the next session to claim
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,9 +164,14 @@ def _decode_entry(uid: int, raw: bytes) -> Entry:
 
 
 def _decode_folder(raw: bytes) -> FolderState:
+    # Older records lack fields: every message they number is taken as no longer recent
+    # (their scans had already moved it out of new/).
     if len(raw) == _FOLDER_V1.size:  # schema 1: no scan time, no tombstones before now
         uv, uidnext, hms, new_m, cur_m = _FOLDER_V1.unpack(raw)
-        return FolderState(uv, uidnext, hms, new_m, cur_m, 0, hms)
+        return FolderState(uv, uidnext, hms, new_m, cur_m, 0, hms, uidnext)
+    if len(raw) == _FOLDER_V2.size:  # schema 2: no recent watermark
+        fields = _FOLDER_V2.unpack(raw)
+        return FolderState(*fields, fields[1])
     return FolderState(*_FOLDER.unpack(raw))
 
 
@@ -185,7 +198,8 @@ class IndexTxn:
         self.changed = True
         self._txn.put(key, _FOLDER.pack(st.uidvalidity, st.uidnext, st.highestmodseq,
                                         st.new_mtime, st.cur_mtime, st.scan_ns,
-                                        st.expunge_floor), db=self._index.folders_db)
+                                        st.expunge_floor, st.first_recent),
+                       db=self._index.folders_db)
 
     def create_folder(self, key: bytes) -> FolderState:
         """A fresh record with a new UIDVALIDITY, replacing (and forgetting) any stale one."""
@@ -247,6 +261,21 @@ class IndexTxn:
         if st is None:
             raise KeyError(f"no index record for folder {key!r}")
         return st
+
+    def claim_recent(self, key: bytes, upto: int) -> tuple[int, int]:
+        """Claim for one session the UIDs from the folder's recent watermark up to `upto`
+        (exclusive, at most UIDNEXT) and move the watermark there: returns the claimed
+        [lo, hi), empty when lo >= hi. RFC 3501 §2.3.2: one session is the first to be
+        notified of a message and sees it \\Recent; being one write transaction, two
+        sessions never claim the same UID. Not flushed: a claim lost in a crash only
+        makes its messages recent once more."""
+        st = self._require(key)
+        hi = min(upto, st.uidnext)
+        lo = st.first_recent
+        if lo >= hi:
+            return hi, hi
+        self._put_folder(key, replace(st, first_recent=hi))
+        return lo, hi
 
     # ---- messages -----------------------------------------------------------------------
 
@@ -374,12 +403,15 @@ class IndexTxn:
     def scan(self, key: bytes, path: Path) -> FolderState:
         """Make the folder's index match the Maildir at `path` (write transaction only).
         Raises FileNotFoundError when the folder's directory is gone."""
-        st = self.folder(key) or self.create_folder(key)
+        st = self.folder(key)
+        first = st is None  # a new or rebuilt index: what is in new/ will be recent
+        if st is None:
+            st = self.create_folder(key)
         new_dir, cur_dir = path / "new", path / "cur"
         # stat before listing: a change after this point leaves a newer mtime for next time.
         now = time.time_ns()
         new_mtime, cur_mtime = _mtime_ns(new_dir), _mtime_ns(cur_dir)
-        _move_new(new_dir, cur_dir)
+        from_new = _move_new(new_dir, cur_dir)
         listing = _list_cur(cur_dir)
         known = {e.base: e for e in self.entries(st.uidvalidity)}
         if any(base not in listing for base in known):
@@ -400,9 +432,17 @@ class IndexTxn:
                 s = os.stat(cur_dir / name)
             except FileNotFoundError:
                 continue
-            fresh.append((maildir.arrival_key(name, s.st_mtime), name, s))
-        for _, name, s in sorted(fresh):
-            self.add(key, name, maildir.flags_of(name), s.st_size, s.st_mtime)
+            recent = first and base in from_new  # numbered after cur/'s on a first scan
+            fresh.append((recent, maildir.arrival_key(name, s.st_mtime), name, s))
+        fresh.sort()
+        watermark = None
+        for recent, _, name, s in fresh:
+            e = self.add(key, name, maildir.flags_of(name), s.st_size, s.st_mtime)
+            if recent and watermark is None:
+                watermark = e.uid
+        if first:  # Dovecot's rule for a new index: what was in new/ is \Recent
+            st = self._require(key)
+            self._put_folder(key, replace(st, first_recent=watermark or st.uidnext))
         self.record_mtimes(key, new_mtime, cur_mtime, now)
         return self._require(key)
 
@@ -416,8 +456,10 @@ def _mtime_ns(path: Path) -> int:
     return os.stat(path).st_mtime_ns
 
 
-def _move_new(new_dir: Path, cur_dir: Path) -> None:
-    """Maildir readers move new/ files to cur/, adding the info part; oldest first."""
+def _move_new(new_dir: Path, cur_dir: Path) -> set[str]:
+    """Maildir readers move new/ files to cur/, adding the info part; oldest first.
+    Returns the base names (in cur/) of the files moved."""
+    moved: set[str] = set()
     for name in sorted(os.listdir(new_dir)):
         if name.startswith("."):
             continue
@@ -426,6 +468,8 @@ def _move_new(new_dir: Path, cur_dir: Path) -> None:
             target = maildir.unique_name(0) + maildir.INFO
         with contextlib.suppress(FileNotFoundError):
             os.rename(new_dir / name, cur_dir / target)
+            moved.add(maildir.split_info(target)[0])
+    return moved
 
 
 def _list_cur(cur_dir: Path) -> dict[str, str]:
@@ -580,6 +624,8 @@ class MailboxIndex:
                     txn.put(b"version", SCHEMA_VERSION, db=meta)
                 elif version == b"1":
                     self._upgrade_v1(txn)
+                    txn.put(b"version", SCHEMA_VERSION, db=meta)
+                elif version == b"2":  # schema 3 added the recent watermark (_decode_folder)
                     txn.put(b"version", SCHEMA_VERSION, db=meta)
                 elif version != SCHEMA_VERSION:
                     raise ValueError(f"index schema {version!r} is not {SCHEMA_VERSION!r}")

@@ -15,6 +15,12 @@ new, or a thousand IDLE sessions on one mailbox cost no per-message work or memo
 `Caches` (one per MailStore, so per process) holds what the IMAP server parses from the
 immutable message files, shared by all sessions and bounded in bytes.
 
+\\Recent (RFC 3501 §2.3.2) is session state, never a stored flag: a Folder asked to
+track it (IMAP SELECT claims, EXAMINE only looks) takes, at each sync that brings new
+messages, the UIDs from the index's recent watermark up to its view's UIDNEXT
+(IndexTxn.claim_recent, one write transaction, so exactly one session claims each message)
+and keeps them as a few UID ranges (`RecentUids`).
+
 Everything here blocks (files, fsync, LMDB); the IMAP and POP3 sessions call it from a
 thread, never from the event loop. Several processes may use one account at once: index
 changes are LMDB write transactions, which also serialise our renames in cur/; Maildir
@@ -113,6 +119,44 @@ class Changes:
     flags: list[Message]
     uidnext: int
     highestmodseq: int
+
+
+class RecentUids:
+    """The UIDs one session holds as \\Recent: ascending, disjoint [lo, hi) ranges, one
+    per claim (merged when they touch), so a session costs a tuple, never a set of UIDs."""
+
+    __slots__ = ("ranges",)
+
+    def __init__(self) -> None:
+        self.ranges: tuple[tuple[int, int], ...] = ()
+
+    def add(self, lo: int, hi: int) -> None:
+        if lo >= hi:
+            return
+        ranges = self.ranges
+        if ranges and ranges[-1][1] >= lo:  # claims only move up: touch the last one
+            self.ranges = (*ranges[:-1], (min(ranges[-1][0], lo), max(ranges[-1][1], hi)))
+        else:
+            self.ranges = (*ranges, (lo, hi))
+
+    def __bool__(self) -> bool:
+        return bool(self.ranges)
+
+    def __contains__(self, uid: int) -> bool:
+        for lo, hi in self.ranges:
+            if uid < lo:
+                return False
+            if uid < hi:
+                return True
+        return False
+
+    def count(self, uids: list[int]) -> int:
+        """How many of `uids` (ascending) are held."""
+        return sum(bisect.bisect_left(uids, hi) - bisect.bisect_left(uids, lo)
+                   for lo, hi in self.ranges)
+
+
+_NO_RECENT = RecentUids()  # shared by Folders that do not track \Recent: never add to it
 
 
 def _message(e: Entry) -> Message:
@@ -249,15 +293,6 @@ def latest_view(index: MailboxIndex, key: bytes, path: Path) -> View:
         return view
 
 
-def index_is_fresh(index: MailboxIndex, key: bytes, path: Path) -> bool:
-    """Whether the index reflects a folder's directories now: latest_view() would not
-    scan (a few stat()s and one index read; building a view is work in memory only)."""
-    try:
-        return index.fresh(key, path) is not None
-    except FileNotFoundError:
-        return False
-
-
 def read_header(f: BinaryIO) -> bytes:
     """The octets of a message up to and including the blank line ending its header (the
     whole file when there is none), read in chunks."""
@@ -367,6 +402,12 @@ def _is_maildir(path: Path) -> bool:
     return (path / "cur").is_dir()
 
 
+def _quick_write(index: MailboxIndex) -> bool:
+    """Whether a write transaction that need not be flushed would now neither wait for
+    another thread of this process nor flush anything (MailboxIndex.commits_unflushed)."""
+    return not index.writer_busy() and index.commits_unflushed()
+
+
 class MailStore:
     """All accounts' Maildirs under `root` (data_dir/mail); one per server process,
     created after the worker forked (an LMDB environment must not cross a fork)."""
@@ -440,14 +481,17 @@ class Account:
         subscribed = set(self.subscriptions())
         return [FolderInfo(n, SPECIAL_USE.get(n), n in subscribed, n in parents) for n in names]
 
-    def fresh(self, name: str) -> bool:
+    def fresh(self, name: str, claim_recent: bool = False) -> bool:
         """Whether mailbox `name` exists and opening it (folder(), sync()) would cost no
-        scan: the index reflects its directories now."""
+        scan: the index reflects its directories now; with `claim_recent`, also that
+        claiming its \\Recent messages would not wait (Folder.fresh)."""
         try:
             _, key, path = self._resolve(name)
-        except StoreError:
+            st = self.index.fresh(key, path)
+        except (StoreError, FileNotFoundError):
             return False
-        return index_is_fresh(self.index, key, path)
+        return st is not None and not (claim_recent and st.first_recent < st.uidnext
+                                       and not _quick_write(self.index))
 
     def folder(self, name: str) -> Folder:
         """A new view of mailbox `name` (SELECT, EXAMINE, STATUS, APPEND, COPY target).
@@ -659,6 +703,47 @@ class Folder:
         self._private = False
         self.files_opened = 0  # message files opened (for tests of what is read)
         self.cache_id = (str(account.path), key)  # with uidvalidity and uid: cache keys
+        # \Recent (module docstring): None (not tracked), True (claims), False (looks)
+        self._claims: bool | None = None
+        self.recent = _NO_RECENT  # the UIDs this session holds as \Recent
+        self._recent_upto = 0  # UIDs below this have been claimed or looked at
+
+    def track_recent(self, claim: bool) -> None:
+        """Hold \\Recent messages from the next sync on (RFC 3501 §2.3.2): claim them
+        (SELECT: no later session sees them recent, §6.3.1) or only look at them, leaving
+        them to the next claimer (EXAMINE, §6.3.2). Call before the first sync."""
+        self._claims = claim
+        self.recent = RecentUids()
+
+    def _take_recent(self, upto: int) -> None:
+        """At a sync: hold as recent the UIDs below `upto` not claimed yet (claiming them
+        in a write transaction of their own, made only when there are some)."""
+        if self._claims is None or upto <= self._recent_upto:
+            return
+        st = self._index.state(self._key)
+        if st is None or st.uidvalidity != self.uidvalidity:
+            return  # gone: the sync says so
+        lo, hi = max(st.first_recent, self._recent_upto), upto
+        if self._claims and lo < hi:
+            with self._index.writing() as w:
+                self._check(w)
+                lo, hi = w.claim_recent(self._key, upto)
+        self._hold((lo, hi), upto)
+
+    def _claim_in(self, txn: IndexTxn, upto: int) -> tuple[int, int] | None:
+        """In the transaction that adds messages (APPEND, COPY/MOVE into this mailbox):
+        claim them, and the unclaimed ones below, when this Folder claims; to be held
+        (_hold) once the transaction has committed."""
+        if not self._claims or upto <= self._recent_upto:
+            return None
+        return txn.claim_recent(self._key, upto)
+
+    def _hold(self, claimed: tuple[int, int] | None, upto: int) -> None:
+        """Keep a claim (or what a look found) once it is certain; UIDs below `upto` are
+        then settled for this Folder."""
+        if claimed is not None:
+            self.recent.add(*claimed)
+            self._recent_upto = max(self._recent_upto, upto)
 
     def __repr__(self) -> str:
         return f"<Folder {self.account.address} {self.name!r} uidvalidity={self.uidvalidity}>"
@@ -710,13 +795,22 @@ class Folder:
         return self._latest()
 
     def fresh(self) -> bool:
-        """Whether a sync now would cost no scan (only work in memory)."""
-        return index_is_fresh(self._index, self._key, self._path)
+        """Whether a sync now would cost no scan (only work in memory), nor wait to claim
+        \\Recent messages (a write transaction, only when there are some to claim)."""
+        try:
+            st = self._index.fresh(self._key, self._path)
+        except FileNotFoundError:
+            return False
+        if st is None:
+            return False
+        if self._claims and st.first_recent < st.uidnext:
+            return _quick_write(self._index)
+        return True
 
     def quick_flag_change(self) -> bool:
         """Whether a store() of system flags would now neither wait for another thread of
         this process nor flush anything (MailboxIndex.commits_unflushed)."""
-        return not self._index.writer_busy() and self._index.commits_unflushed()
+        return _quick_write(self._index)
 
     def behind(self, view: View) -> bool:
         """Whether a sync would move this view to `view` (or drop changes of its own)."""
@@ -731,6 +825,8 @@ class Folder:
         nothing changed it costs three stat()s and one index read (fit for IDLE polling).
         Raises StoreError(NONEXISTENT) when the mailbox went away or was replaced."""
         latest = self._latest()
+        if self._claims is not None and latest.uidnext > self._recent_upto:
+            self._take_recent(latest.uidnext)
         base = self._base
         old_msgs, old_uids = self._msgs, self._uids
         self._base, self._msgs, self._uids, self._private = (latest, latest.msgs, latest.uids,
@@ -784,9 +880,14 @@ class Folder:
 
     def status(self) -> dict[str, int]:
         """STATUS items (RFC 3501 §6.3.10, RFC 7162 HIGHESTMODSEQ, RFC 8438 SIZE) of the
-        mailbox now, leaving this view alone. RECENT is always 0 (RFC 9051 drops it)."""
+        mailbox now, leaving this view alone. RECENT counts the messages no session has
+        claimed yet, claiming none."""
         view = self._latest()
-        return {"MESSAGES": len(view.msgs), "RECENT": 0, "UIDNEXT": view.uidnext,
+        st = self._index.state(self._key)
+        first = (st.first_recent if st is not None and st.uidvalidity == view.uidvalidity
+                 else view.uidnext)
+        recent = len(view.uids) - bisect.bisect_left(view.uids, first)
+        return {"MESSAGES": len(view.msgs), "RECENT": recent, "UIDNEXT": view.uidnext,
                 "UIDVALIDITY": view.uidvalidity, "UNSEEN": view.unseen(),
                 "HIGHESTMODSEQ": view.highestmodseq, "SIZE": view.size()}
 
@@ -927,7 +1028,9 @@ class Folder:
     def append(self, data: bytes, flags: Iterable[str] = (),
                internaldate: float | None = None) -> int:
         """APPEND (RFC 3501 §6.3.11): written to tmp/, fsynced, renamed into cur/ with its
-        flags; returns the UID (RFC 4315 APPENDUID). The view sees it at the next sync."""
+        flags; returns the UID (RFC 4315 APPENDUID). The view sees it at the next sync.
+        \\Recent: a Folder that claims (the selected one) claims it now; else the next
+        session to select the mailbox does."""
         wanted = normalise_flags(flags)
         base = maildir.unique_name(len(data))
         tmp = self._path / "tmp" / base
@@ -944,10 +1047,12 @@ class Folder:
                 maildir.fsync_dir(final.parent)
                 uid = w.add(self._key, final.name, wanted, st.st_size, st.st_mtime).uid
                 w.adopt_cur_mtime(self._key, self._path)
+                claimed = self._claim_in(w, uid + 1)
         except BaseException:
             tmp.unlink(missing_ok=True)
             final.unlink(missing_ok=True)  # the index refused it: the client hears NO
             raise
+        self._hold(claimed, uid + 1)
         return uid
 
     def copy(self, uids: list[int], dest: Folder | str) -> list[tuple[int, int]]:
@@ -985,6 +1090,7 @@ class Folder:
         cur = self._cur
         pairs: list[tuple[int, int]] = []
         placed: list[Path] = []
+        claimed = None
         try:
             with self._index.writing() as w:
                 self._check(w)
@@ -998,10 +1104,13 @@ class Folder:
                 if placed:
                     maildir.fsync_dir(cur)
                     w.adopt_cur_mtime(self._key, self._path)
+                    claimed = self._claim_in(w, pairs[-1][1] + 1)  # as append()
         except BaseException:
             for path in placed:
                 path.unlink(missing_ok=True)
             raise
+        if pairs:
+            self._hold(claimed, pairs[-1][1] + 1)
         return pairs
 
     def move(self, uids: list[int], dest: Folder | str) -> list[tuple[int, int]]:

@@ -111,7 +111,8 @@ def test_imaplib_session(mda: RelayProcess) -> None:
     typ, data = box.fetch("1:3", "(FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
     assert [d[1] for d in data if isinstance(d, tuple)] == [
         b"Subject: note %d\r\n\r\n" % i for i in range(3)]
-    assert box.store("2", "+FLAGS", "(\\Flagged)")[1] == [b"2 (FLAGS (\\Flagged))"]
+    # The first session to select new mail holds it \Recent (RFC 3501 §2.3.2).
+    assert box.store("2", "+FLAGS", "(\\Flagged)")[1] == [b"2 (FLAGS (\\Flagged \\Recent))"]
     assert box.search(None, "FLAGGED") == ("OK", [b"2"])
     assert box.search(None, "BODY", '"body 1"') == ("OK", [b"2"])
     typ, data = box.append("Drafts", "(\\Draft)", None, b"Subject: draft\r\n\r\nwip\r\n")
@@ -142,6 +143,7 @@ def test_idle_is_woken_by_an_smtp_delivery(mda: RelayProcess) -> None:
     deliver(mda, "cleo@example.test", b"Subject: wake up\r\n\r\nnow\r\n")
     box.sock.settimeout(10)
     assert box.readline() == b"* 1 EXISTS\r\n"
+    assert box.readline() == b"* 1 RECENT\r\n"  # RFC 3501 §7.3.2, with EXISTS
     assert time.monotonic() - started < 5
     box.send(b"DONE\r\n")
     assert box.readline() == tag + b" OK IDLE terminated\r\n"
@@ -168,7 +170,7 @@ def test_imapclient_idle_and_high_level_calls(mda: RelayProcess) -> None:
     assert fetched[1][b"BODY[TEXT]"] == b"hello\r\n"
     assert b"\\Seen" in fetched[1][b"FLAGS"]
     client.add_flags(messages, ["$Important"])
-    assert client.get_flags(messages)[1] == (b"\\Seen", b"$Important")
+    assert client.get_flags(messages)[1] == (b"\\Seen", b"\\Recent", b"$Important")
     client.move(messages, "Trash")
     assert client.folder_status("Trash", ["MESSAGES"])[b"MESSAGES"] == 1
     client.logout()
@@ -185,7 +187,8 @@ def test_two_sessions_see_each_others_changes(mda: RelayProcess) -> None:
     second.store("2", "+FLAGS", "(\\Deleted)")
     second.expunge()
     first.noop()
-    assert first.untagged_responses.pop("FETCH", []) == [b"1 (UID 1 FLAGS (\\Flagged))"]
+    assert first.untagged_responses.pop("FETCH", []) == [  # first selected: \Recent here
+        b"1 (UID 1 FLAGS (\\Flagged \\Recent))"]
     assert first.untagged_responses.pop("EXPUNGE", []) == [b"2"]
     typ, data = first.fetch("1:*", "(UID)")
     assert data == [b"1 (UID 1)", b"2 (UID 3)"]

@@ -114,8 +114,9 @@ def test_idle_reports_deliveries_and_flag_changes(server: Server) -> None:
     assert box.readline() == b"+ idling\r\n"
     server.maildir.deliver(USER, b"Subject: two\r\n\r\n2\r\n")
     assert box.readline() == b"* 2 EXISTS\r\n"
+    assert box.readline() == b"* 2 RECENT\r\n"  # it selected first, and claimed the new one
     other.store("1", "+FLAGS", "(\\Answered)")
-    assert box.readline() == b"* 1 FETCH (UID 1 FLAGS (\\Answered))\r\n"
+    assert box.readline() == b"* 1 FETCH (UID 1 FLAGS (\\Answered \\Recent))\r\n"
     other.store("1", "+FLAGS", "(\\Deleted)")
     other.expunge()
     line = box.readline()
@@ -179,11 +180,17 @@ def test_every_idle_session_on_a_mailbox_hears_of_a_delivery(server: Server) -> 
         box.send(b"t%d IDLE\r\n" % i)
         assert box.readline() == b"+ idling\r\n"
     server.maildir.deliver(USER, b"Subject: one\r\n\r\n1\r\n")
+    recent = []
     for i, box in enumerate(boxes):
         assert box.readline() == b"* 1 EXISTS\r\n"
         box.send(b"DONE\r\n")
-        assert box.readline() == b"t%d OK IDLE terminated\r\n" % i
+        line = box.readline()
+        if line == b"* 1 RECENT\r\n":
+            recent.append(i)
+            line = box.readline()
+        assert line == b"t%d OK IDLE terminated\r\n" % i
         box.logout()
+    assert len(recent) == 1  # RFC 3501 §2.3.2: one session, whichever synced first
 
 
 def test_pipelined_commands_then_a_half_close_get_every_answer(server: Server) -> None:

@@ -112,7 +112,7 @@ def _inline(ctx: Context, command: Command) -> bool:
         return selected is None or selected.folder.fresh()
     if name in ("SELECT", "EXAMINE"):
         assert isinstance(args, parser.Select)
-        return ctx.account.fresh(args.mailbox)
+        return ctx.account.fresh(args.mailbox, claim_recent=name == "SELECT")
     if selected is None:
         return False
     if name == "FETCH":
@@ -198,7 +198,8 @@ def _gone(ctx: Context, out: Output) -> Done:
 
 def select(ctx: Context, cmd: Command, out: Output) -> Done:
     """SELECT / EXAMINE: FLAGS, EXISTS, RECENT, then UNSEEN, UIDVALIDITY, UIDNEXT,
-    PERMANENTFLAGS and HIGHESTMODSEQ (RFC 7162 §3.1.2.1) as OK response codes."""
+    PERMANENTFLAGS and HIGHESTMODSEQ (RFC 7162 §3.1.2.1) as OK response codes. SELECT
+    claims the \\Recent messages, EXAMINE only counts them (RFC 3501 §6.3.1-2)."""
     args = cmd.args
     assert isinstance(args, parser.Select)
     readonly = cmd.name == "EXAMINE"
@@ -216,7 +217,7 @@ def select(ctx: Context, cmd: Command, out: Output) -> Done:
         return no("Mailbox does not exist", "NONEXISTENT", Transition.UNSELECTED)
     folder = selected.folder
     selected.write_flags(out)
-    out.write(b"* %d EXISTS\r\n* 0 RECENT\r\n" % selected.exists)
+    out.write(b"* %d EXISTS\r\n* %d RECENT\r\n" % (selected.exists, selected.recent_told))
     unseen = selected.first_unseen()
     if unseen is not None:
         out.write(b"* OK [UNSEEN %d] First unseen\r\n" % unseen)

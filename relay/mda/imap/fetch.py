@@ -1,7 +1,8 @@
 """FETCH and UID FETCH (RFC 3501 §6.4.5, §6.4.8, §7.4.2; CONDSTORE RFC 7162 §3.1.4).
 
 Items are answered in the order asked, UID first for UID FETCH. What the index knows
-(FLAGS, UID, INTERNALDATE, RFC822.SIZE, MODSEQ) is answered without opening a file;
+(FLAGS, UID, INTERNALDATE, RFC822.SIZE, MODSEQ) is answered without opening a file
+(FLAGS with \\Recent added for the messages recent in this session, RFC 3501 §2.3.2);
 ENVELOPE and top-level header sections need only the header, read in batches (the
 process's cache of parsed headers, else the index's header cache, else the files);
 everything else reads and parses the message once, through the selected mailbox's
@@ -34,7 +35,7 @@ from relay.mda.imap.responses import (
     internaldate,
     ok,
 )
-from relay.mda.imap.selected import PREFETCH, Output, SelectedMailbox
+from relay.mda.imap.selected import PREFETCH, Output, SelectedMailbox, with_recent
 from relay.mda.store import Message as Stored
 
 # Items answered from the index alone.
@@ -102,7 +103,15 @@ def _getter(selected: SelectedMailbox, msgs: dict[int, Stored], headers: dict[in
     if name == "UID":
         return lambda uid: b"UID %d" % uid
     if name == "FLAGS":
-        return lambda uid: b"FLAGS " + flag_list(msgs[uid].flags)
+        recent = selected.folder.recent
+        if not recent:
+            return lambda uid: b"FLAGS " + flag_list(msgs[uid].flags)
+        if len(recent.ranges) > 1:
+            return lambda uid: b"FLAGS " + flag_list(
+                with_recent(msgs[uid].flags) if uid in recent else msgs[uid].flags)
+        [(lo, hi)] = recent.ranges  # the usual case: one claim
+        return lambda uid: b"FLAGS " + flag_list(
+            with_recent(msgs[uid].flags) if lo <= uid < hi else msgs[uid].flags)
     if name == "RFC822.SIZE":
         return lambda uid: b"RFC822.SIZE %d" % msgs[uid].size
     if name == "MODSEQ":
@@ -139,7 +148,7 @@ def _item(selected: SelectedMailbox, uid: int, item: FetchItem, key: bytes) -> b
         if name == "UID":
             return b"UID %d" % uid
         if name == "FLAGS":
-            return b"FLAGS " + flag_list(m.flags)
+            return b"FLAGS " + flag_list(selected.flags(uid))
         if name == "INTERNALDATE":
             return b"INTERNALDATE " + internaldate(m.internaldate)
         if name == "RFC822.SIZE":

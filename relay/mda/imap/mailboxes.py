@@ -230,11 +230,14 @@ def _write_status(ctx: Context, name: str, items: Iterable[str], out: Output) ->
 
 def append(ctx: Context, cmd: Command, out: Output) -> Done:
     """APPEND (RFC 3501 §6.3.11): [APPENDUID uidvalidity uid] (RFC 4315 §3). Several
-    messages (RFC 3502 syntax) are appended one after the other."""
+    messages (RFC 3502 syntax) are appended one after the other. Each is \\Recent: here
+    when this session has the mailbox selected (read-write), else for the next session
+    to select it."""
     args = cmd.args
     assert isinstance(args, parser.Append)
     try:
-        folder = ctx.account.folder(args.mailbox)
+        folder = (ctx.selected.folder if ctx.selected is not None
+                  and ctx.is_selected(args.mailbox) else ctx.account.folder(args.mailbox))
     except StoreError:
         return TRY_CREATE  # RFC 3501 §6.3.11
     uids = []

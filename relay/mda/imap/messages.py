@@ -73,7 +73,9 @@ def store(ctx: Context, cmd: Command, out: Output) -> Done:
 
 def copy(ctx: Context, cmd: Command, out: Output) -> Done:
     """COPY / MOVE. The target must exist ([TRYCREATE]); [COPYUID] names the new UIDs.
-    MOVE reports COPYUID in an untagged OK, then expunges the sources (RFC 6851 §4.3)."""
+    MOVE reports COPYUID in an untagged OK, then expunges the sources (RFC 6851 §4.3).
+    The copies are \\Recent (RFC 3501 §6.4.7): here when this session has the target
+    selected (read-write), else for the next session to select it."""
     selected, args = _selected(ctx), cmd.args
     assert isinstance(args, parser.Copy)
     move = cmd.name == "MOVE"
@@ -83,7 +85,8 @@ def copy(ctx: Context, cmd: Command, out: Output) -> Done:
     if any(u in selected.pending_expunges for u in uids):
         return EXPUNGE_ISSUED  # RFC 5530: some are gone; copy none of them
     try:
-        target = ctx.account.folder(args.mailbox)
+        target = (selected.folder if ctx.is_selected(args.mailbox)
+                  else ctx.account.folder(args.mailbox))
     except StoreError:
         return TRY_CREATE  # RFC 3501 §6.4.7
     if not uids:
@@ -147,7 +150,8 @@ def _run(ctx: Context, selected: SelectedMailbox, key: SearchKey,
     uids = selected.uids
     msgs = selected.messages
     program = compile_program(key, now, last_seq=len(uids),
-                              last_uid=uids[-1] if uids else 0)
+                              last_uid=uids[-1] if uids else 0,
+                              recent=selected.folder.recent.__contains__)
     source = _Source(selected, program.fields)
     test = program.test
     if uid:

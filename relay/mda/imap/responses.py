@@ -22,7 +22,8 @@ from relay.mda.imap import utf7
 HIERARCHY_DELIMITER = "/"
 # RFC 3501 §2.3.2 system flags, in the order we list them.
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
-_SYSTEM_ORDER = {f: i for i, f in enumerate(SYSTEM_FLAGS)}
+# \Recent (session state, never in FLAGS or PERMANENTFLAGS) follows them in flag lists.
+_SYSTEM_ORDER = {f: i for i, f in enumerate((*SYSTEM_FLAGS, "\\Recent"))}
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov",
            "Dec")
 

@@ -13,7 +13,8 @@ encodings and charsets undone (message.Message.body_text).
 program over a whole mailbox: constants (dates, needles, case-folded flags) are worked
 out once, header fields are read from a `Source` that keeps them decoded per folder, and
 the per-message work is a few comparisons. INTERNALDATE is a POSIX time there and its
-date is taken in UTC, as the server's MessageInfo always gives it.
+date is taken in UTC, as the server's MessageInfo always gives it. \\Recent is not among
+stored flags there: RECENT, OLD and NEW ask the session's `recent` (uid -> bool).
 
 Imports: stdlib only, relay.mda.imap.parser and .message. No clock: `now` is a parameter.
 """
@@ -251,8 +252,11 @@ class Program:
 
 
 def compile_program(key: SearchKey, now: dt.datetime, *, last_seq: int, last_uid: int,
-                    saved_uids: Collection[int] = frozenset()) -> Program:
-    """`key` as a Program; `now`, `last_seq`, `last_uid` and `saved_uids` as for matches()."""
+                    saved_uids: Collection[int] = frozenset(),
+                    recent: Callable[[int], bool] | None = None) -> Program:
+    """`key` as a Program; `now`, `last_seq`, `last_uid` and `saved_uids` as for matches().
+    `recent`: whether a UID is \\Recent in the session (RFC 3501 §2.3.2); without it the
+    facts' flags say."""
     fields: set[str] = set()
     text = [False]
     now_ts = now.timestamp()
@@ -271,6 +275,12 @@ def compile_program(key: SearchKey, now: dt.datetime, *, last_seq: int, last_uid
             return lambda q, u, m, s: not inner(q, u, m, s)
         if name == "ALL":
             return lambda q, u, m, s: True
+        if recent is not None and name in ("RECENT", "OLD", "NEW"):
+            if name == "RECENT":
+                return lambda q, u, m, s: recent(u)
+            if name == "OLD":  # RFC 3501 §6.4.4: NOT RECENT
+                return lambda q, u, m, s: not recent(u)
+            return lambda q, u, m, s: recent(u) and "\\seen" not in _lowered(m.flags)
         if name in _FLAG_KEYS:
             flag, wanted = _FLAG_KEYS[name]
             if wanted:

@@ -6,9 +6,14 @@ announced in FLAGS. `updates()` syncs the Folder and reports what changed since,
 3501 §7 untagged responses: EXPUNGE (only where §7.4.1 allows it: never while answering
 FETCH, STORE or SEARCH, whose sequence numbers must stay put; such expunges wait in
 `pending_expunges`), FLAGS for new keywords, FETCH (FLAGS) for changes made by others,
-EXISTS for new mail. What the client knows is the Folder's view itself (shared by every
-session of the process synced to the same state: no per-session copy), except while
-expunges wait to be reported: then the session keeps its own numbering.
+EXISTS for new mail, then RECENT when the number of \\Recent messages changed (RFC 3501
+§7.3.2). What the client knows is the Folder's view itself (shared by every session of the
+process synced to the same state: no per-session copy), except while expunges wait to be
+reported: then the session keeps its own numbering.
+
+\\Recent is the Folder's (store.RecentUids: the UIDs this session claimed at SELECT and
+at each sync since, or only looked at after EXAMINE); it is added to a message's flags
+only where they are written (`flags`), never stored.
 
 `MessageCache` gives a session the octets and parses (message.Message) of messages from
 the process's shared caches (store.Caches: the files never change), so FETCH of many
@@ -66,6 +71,7 @@ class SelectedMailbox:
         # Folder's view plus the pending ones); None: the Folder's view is the client's.
         self._uids: list[int] | None = None
         self._msgs: dict[int, Stored] | None = None
+        self.recent_told = 0  # the number of \Recent messages the client was last told
 
     @property
     def uids(self) -> list[int]:
@@ -78,8 +84,11 @@ class SelectedMailbox:
         return self._msgs if self._msgs is not None else self.folder.view_messages
 
     def open(self) -> None:
-        """The first sync (SELECT): every message is new to the client."""
+        """The first sync (SELECT): every message is new to the client; a read-write
+        session claims the \\Recent ones (RFC 3501 §6.3.1), EXAMINE only looks (§6.3.2)."""
+        self.folder.track_recent(claim=not self.readonly)
         self._sync()
+        self.recent_told = self.recent_count()
         view = self.folder.shared_view
         if view is not None:
             self.keywords = set(view.keywords)
@@ -89,6 +98,17 @@ class SelectedMailbox:
     @property
     def exists(self) -> int:
         return len(self.uids)
+
+    def recent_count(self) -> int:
+        """RFC 3501 §7.3.2 RECENT: the messages the client knows that are \\Recent here."""
+        recent = self.folder.recent
+        return recent.count(self.uids) if recent else 0
+
+    def flags(self, uid: int) -> frozenset[str]:
+        """A message's flags as the client sees them: \\Recent added when it is recent in
+        this session (RFC 3501 §2.3.2)."""
+        flags = self.messages[uid].flags
+        return with_recent(flags) if uid in self.folder.recent else flags
 
     def seq(self, uid: int) -> int:
         return bisect.bisect_left(self.uids, uid) + 1
@@ -170,6 +190,10 @@ class SelectedMailbox:
             self.write_flags_fetch(m.uid, out, with_uid=True, modseq=condstore)
         if changes.added:
             out.write(b"* %d EXISTS\r\n" % len(self.uids))  # RFC 3501 §7.3.1
+            recent = self.recent_count()
+            if recent != self.recent_told:  # RFC 3501 §7.3.2, with EXISTS
+                out.write(b"* %d RECENT\r\n" % recent)
+                self.recent_told = recent
 
     def expunged(self, uids: Iterable[int], out: Output,
                  before: list[int] | None = None) -> None:
@@ -235,7 +259,7 @@ class SelectedMailbox:
         MODSEQ once CONDSTORE is enabled, RFC 7162 §3.2)."""
         m = self.messages[uid]
         parts = [b"UID %d" % uid] if with_uid else []
-        parts.append(b"FLAGS " + flag_list(m.flags))
+        parts.append(b"FLAGS " + flag_list(self.flags(uid)))
         if modseq:
             parts.append(b"MODSEQ (%d)" % m.modseq)
         out.write(b"* %d FETCH (%s)\r\n" % (self.seq(uid), b" ".join(parts)))
@@ -243,6 +267,20 @@ class SelectedMailbox:
 
 def _keywords(flags: Iterable[str]) -> set[str]:
     return {f for f in flags if not f.startswith("\\")}
+
+
+_with_recent: dict[frozenset[str], frozenset[str]] = {}
+
+
+def with_recent(flags: frozenset[str]) -> frozenset[str]:
+    """`flags` and \\Recent, one shared frozenset per distinct set (flag_list caches by
+    it)."""
+    hit = _with_recent.get(flags)
+    if hit is None:
+        hit = flags | {"\\Recent"}
+        if len(_with_recent) < 4096:
+            _with_recent[flags] = hit
+    return hit
 
 
 class MessageCache:

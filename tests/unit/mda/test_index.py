@@ -531,3 +531,103 @@ def test_a_marker_from_this_boot_is_trusted(delivery: MaildirStore, root: Path) 
 
     old, new, got = rebuild_after(root, process_died)
     assert new == old and got == [(1, frozenset())]
+
+
+# ---- \Recent: the first-recent watermark (RFC 3501 §2.3.2, Dovecot's first_recent_uid) ------
+
+
+def test_a_new_index_makes_what_is_in_new_recent_and_claims_it_once(
+        delivery: MaildirStore, index: MailboxIndex, root: Path) -> None:
+    for body in (b"a", b"b", b"c"):
+        delivery.deliver(ADDRESS, body)
+    st = index.refresh(INBOX_KEY, root)
+    assert (st.first_recent, st.uidnext) == (1, 4)
+    with index.writing() as w:
+        assert w.claim_recent(INBOX_KEY, 4) == (1, 4)
+    with index.writing() as w:
+        assert w.claim_recent(INBOX_KEY, 4) == (4, 4)  # nothing left for a second session
+    delivery.deliver(ADDRESS, b"d")
+    assert index.refresh(INBOX_KEY, root).first_recent == 4
+    with index.writing() as w:
+        assert w.claim_recent(INBOX_KEY, 99) == (4, 5)  # never beyond UIDNEXT
+    assert index.state(INBOX_KEY).first_recent == 5  # type: ignore[union-attr]
+
+
+def test_a_claim_stops_where_asked(delivery: MaildirStore, index: MailboxIndex,
+                                   root: Path) -> None:
+    for body in (b"a", b"b", b"c"):
+        delivery.deliver(ADDRESS, body)
+    index.refresh(INBOX_KEY, root)
+    with index.writing() as w:
+        assert w.claim_recent(INBOX_KEY, 3) == (1, 3)
+        assert w.claim_recent(INBOX_KEY, 4) == (3, 4)
+
+
+def test_a_first_scan_numbers_cur_before_new_and_only_new_is_recent(
+        delivery: MaildirStore, index: MailboxIndex, root: Path) -> None:
+    read = delivery.deliver(ADDRESS, b"later, but already read by mutt")
+    unread = delivery.deliver(ADDRESS, b"still in new/")
+    os.rename(read, root / "cur" / (read.name + ":2,S"))  # an older one, moved by a MUA
+    st = index.refresh(INBOX_KEY, root)
+    got = entries(index)
+    assert [(e.uid, e.base) for e in got] == [(1, read.name), (2, unread.name)]
+    assert st.first_recent == 2
+
+
+def test_a_rebuilt_index_of_files_all_in_cur_has_nothing_recent(
+        delivery: MaildirStore, root: Path) -> None:
+    seed(delivery, root)  # both messages scanned into cur/ by the lost index
+    shutil.rmtree(root / INDEX_DIR)
+    idx = MailboxIndex.open(root)
+    try:
+        st = idx.refresh(INBOX_KEY, root)
+        assert (st.first_recent, st.uidnext) == (3, 3)
+    finally:
+        idx.release()
+
+
+def test_a_new_folder_makes_everything_it_gets_recent(index: MailboxIndex) -> None:
+    with index.writing() as w:
+        st = w.create_folder(b".Work")
+    assert st.first_recent == 1 == st.uidnext
+
+
+def test_a_schema_2_index_is_upgraded_with_nothing_recent(delivery: MaildirStore,
+                                                          root: Path) -> None:
+    for body in (b"a", b"b"):
+        delivery.deliver(ADDRESS, body)
+    idx = MailboxIndex.open(root)
+    st = idx.refresh(INBOX_KEY, root)
+    assert st.first_recent == 1
+    with idx.writing() as w:  # what schema 2 wrote: no watermark
+        w._txn.put(b"version", b"2", db=idx.meta_db)
+        w._txn.put(INBOX_KEY, index_module._FOLDER_V2.pack(
+            st.uidvalidity, st.uidnext, st.highestmodseq, st.new_mtime, st.cur_mtime,
+            st.scan_ns, st.expunge_floor), db=idx.folders_db)
+        w.changed = True
+    idx.release()
+    delivery.deliver(ADDRESS, b"c")
+    again = MailboxIndex.open(root)
+    try:
+        st2 = again.refresh(INBOX_KEY, root)
+        assert (st2.uidvalidity, st2.uidnext, st2.first_recent) == (st.uidvalidity, 4, 3)
+        with again.reading() as r:
+            assert bytes(r._txn.get(b"version", db=again.meta_db)) == index_module.SCHEMA_VERSION
+    finally:
+        again.release()
+
+
+def test_a_claim_is_not_flushed(delivery: MaildirStore, index: MailboxIndex,
+                                root: Path) -> None:
+    if index_module.boot_id() is None:
+        pytest.skip("no boot id: every commit is synced")
+    delivery.deliver(ADDRESS, b"a")
+    index.refresh(INBOX_KEY, root)
+    counting = CountingEnv(index.env)
+    index.env = counting  # type: ignore[assignment]
+    try:
+        with index.writing() as w:
+            assert w.claim_recent(INBOX_KEY, 2) == (1, 2)
+        assert counting.syncs == 0  # lost in a crash, it only makes the message recent again
+    finally:
+        index.env = counting.env

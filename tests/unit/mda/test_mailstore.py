@@ -29,6 +29,7 @@ from relay.mda.store import (
     Folder,
     FolderInfo,
     MailStore,
+    RecentUids,
     StoreError,
     StoreErrorKind,
     View,
@@ -406,7 +407,7 @@ def test_status_counts_without_moving_the_view(account: Account, deliver: Delive
     deliver(b"bb")
     status = inbox.status()
     assert {k: status[k] for k in ("MESSAGES", "RECENT", "UIDNEXT", "UNSEEN", "SIZE")} == {
-        "MESSAGES": 2, "RECENT": 0, "UIDNEXT": 3, "UNSEEN": 1, "SIZE": 3}
+        "MESSAGES": 2, "RECENT": 2, "UIDNEXT": 3, "UNSEEN": 1, "SIZE": 3}  # none claimed
     assert status["UIDVALIDITY"] == inbox.uidvalidity
     assert status["HIGHESTMODSEQ"] >= inbox.highestmodseq
     assert uids(inbox) == [1]
@@ -473,6 +474,154 @@ def test_deleting_the_selected_mailbox_ends_the_view(account: Account) -> None:
     assert account.folder("Tmp").uidvalidity != tmp.uidvalidity
     with pytest.raises(StoreError):
         tmp.append(b"x")
+
+
+# ---- \Recent (RFC 3501 §2.3.2): claimed per session, never stored ------------------------------
+
+
+def selecting(account: Account, claim: bool = True, name: str = "INBOX") -> Folder:
+    """A Folder as IMAP SELECT (claim) or EXAMINE (look) opens it."""
+    folder = account.folder(name)
+    folder.track_recent(claim)
+    folder.sync()
+    return folder
+
+
+def held(folder: Folder) -> list[int]:
+    return [u for u in folder.view_uids if u in folder.recent]
+
+
+def test_recent_uids_are_a_few_ranges() -> None:
+    recent = RecentUids()
+    assert not recent and 1 not in recent
+    recent.add(3, 5)
+    recent.add(5, 7)  # touching: one range
+    recent.add(9, 9)  # empty: ignored
+    recent.add(10, 12)
+    assert recent.ranges == ((3, 7), (10, 12))
+    assert [u for u in range(14) if u in recent] == [3, 4, 5, 6, 10, 11]
+    assert recent.count([1, 2, 3, 6, 7, 8, 11, 13]) == 3
+
+
+def test_the_first_session_to_select_holds_new_mail_as_recent(account: Account,
+                                                              deliver: Deliver) -> None:
+    for body in (b"a", b"b", b"c"):
+        deliver(body)
+    first = selecting(account)
+    assert held(first) == [1, 2, 3]
+    assert held(selecting(account)) == []  # a later session: already claimed
+    assert held(first) == [1, 2, 3]  # the first keeps them while it has the mailbox
+    assert all("\\Recent" not in m.flags for m in first.messages())  # never stored
+
+
+def test_looking_claims_nothing(account: Account, deliver: Deliver) -> None:
+    deliver(b"a")
+    assert held(selecting(account, claim=False)) == [1]
+    assert account.folder("INBOX").status()["RECENT"] == 1
+    assert held(selecting(account)) == [1]
+    assert account.folder("INBOX").status()["RECENT"] == 0
+    assert held(selecting(account, claim=False)) == []
+
+
+def test_mail_arriving_while_selected_is_recent_for_the_first_to_sync(
+        account: Account, deliver: Deliver) -> None:
+    deliver(b"a")
+    a, b = selecting(account), selecting(account)
+    deliver(b"b")
+    deliver(b"c")
+    b.sync()
+    a.sync()
+    assert (held(a), held(b)) == ([1], [2, 3])
+
+
+def test_a_session_that_only_looks_sees_new_mail_recent_until_it_is_claimed(
+        account: Account, deliver: Deliver) -> None:
+    looker = selecting(account, claim=False)
+    deliver(b"a")
+    looker.sync()
+    assert held(looker) == [1]
+    selecting(account)  # claims 1
+    deliver(b"b")
+    looker.sync()
+    assert held(looker) == [1, 2]
+
+
+def test_append_is_recent_in_the_claiming_session_that_made_it(
+        account: Account) -> None:
+    mine, other = selecting(account), selecting(account)
+    uid = mine.append(b"x")
+    assert uid in mine.recent  # claimed with the append: no other session can take it
+    other.sync()
+    mine.sync()
+    assert (held(mine), held(other)) == ([uid], [])
+
+
+def test_append_and_copy_elsewhere_are_recent_for_the_next_to_select(
+        account: Account, deliver: Deliver) -> None:
+    deliver(b"a")
+    inbox = selecting(account)
+    account.create("Work")
+    account.folder("Work").append(b"appended")
+    inbox.copy([1], "Work")
+    assert account.folder("Work").status()["RECENT"] == 2
+    assert held(selecting(account, name="Work")) == [1, 2]
+    assert held(selecting(account, name="Work")) == []
+
+
+def test_copy_into_the_claiming_folder_itself_is_recent_there(account: Account,
+                                                              deliver: Deliver) -> None:
+    deliver(b"a")
+    inbox, other = selecting(account), selecting(account)
+    assert inbox.copy([1], inbox) == [(1, 2)]
+    other.sync()
+    inbox.sync()
+    assert (held(inbox), held(other)) == ([1, 2], [])
+
+
+def test_folders_that_do_not_track_recent_claim_nothing(account: Account,
+                                                        deliver: Deliver) -> None:
+    deliver(b"a")
+    pop3 = account.folder("INBOX")  # POP3, STATUS, COPY targets
+    pop3.sync()
+    pop3.append(b"b")
+    pop3.sync()
+    assert not pop3.recent
+    assert held(selecting(account)) == [1, 2]
+
+
+CLAIMER = """
+    import sys, time
+    from pathlib import Path
+    from relay.mda.store import MailStore
+    store = MailStore(Path(sys.argv[1]))
+    inbox = store.account(sys.argv[2]).folder("INBOX")
+    inbox.track_recent(True)
+    deadline = time.monotonic() + 30
+    while len(inbox.view_uids) < int(sys.argv[3]) and time.monotonic() < deadline:
+        inbox.sync()
+    print(" ".join(f"{lo}:{hi}" for lo, hi in inbox.recent.ranges), flush=True)
+    store.close()
+"""
+
+
+def test_two_processes_never_claim_the_same_message(mail_root: Path, account: Account,
+                                                    deliver: Deliver) -> None:
+    count = 40
+    inbox = account.folder("INBOX")  # the folder exists before the child looks
+    proc = run_python(CLAIMER, str(mail_root), ADDRESS, str(count), wait=False)
+    inbox.track_recent(True)
+    for i in range(count):
+        deliver(b"message %d" % i)
+        if i % 4 == 3:  # give the child's tight loop a chance at the others
+            inbox.sync()
+        time.sleep(0.005)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    inbox.sync()
+    theirs = {u for part in out.split() for u in range(*map(int, part.split(":")))}
+    mine = set(held(inbox))
+    assert not mine & theirs
+    assert mine | theirs == set(range(1, count + 1))
 
 
 # ---- folders ---------------------------------------------------------------------------------

@@ -78,6 +78,7 @@ def deliver(tmp_path: Path):  # type: ignore[no-untyped-def]
 def client(store: MailStore, deliver) -> Client:  # type: ignore[no-untyped-def]
     for body in MSG:
         deliver(body)
+    Client(store)(b"s SELECT INBOX")  # an earlier session claimed them: none is \Recent here
     c = Client(store)
     c(b"s SELECT INBOX")
     return c
@@ -101,7 +102,7 @@ def test_select_reports_the_mailbox(store: MailStore, deliver) -> None:  # type:
         b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)] "
         b"Flags permitted",
         b"* 3 EXISTS",
-        b"* 0 RECENT",
+        b"* 3 RECENT",  # the first session to select new mail claims it (RFC 3501 §2.3.2)
         b"* OK [UNSEEN 1] First unseen",
         b"* OK [UIDVALIDITY %d] UIDs valid" % uv,
         b"* OK [UIDNEXT %d] Predicted next UID" % nxt,
@@ -351,10 +352,11 @@ def test_search_parses_each_message_once(client: Client) -> None:
 
 def test_append_answers_appenduid_and_selected_mailbox_sees_exists(client: Client) -> None:
     out = client(b'a APPEND INBOX (\\Seen) " 1-Feb-2020 10:00:00 +0100" {12+}\r\nSubject: x\r\n')
-    assert out == b"* 4 EXISTS\r\na OK [APPENDUID %d 4] APPEND completed\r\n" % \
+    # RFC 3501 §6.3.11: the appended message is \Recent, here in the session selecting it.
+    assert out == b"* 4 EXISTS\r\n* 1 RECENT\r\na OK [APPENDUID %d 4] APPEND completed\r\n" % \
         client.folder.uidvalidity
     assert client(b"b FETCH 4 (FLAGS INTERNALDATE)") == \
-        b'* 4 FETCH (FLAGS (\\Seen) INTERNALDATE " 1-Feb-2020 09:00:00 +0000")\r\n' \
+        b'* 4 FETCH (FLAGS (\\Seen \\Recent) INTERNALDATE " 1-Feb-2020 09:00:00 +0000")\r\n' \
         b"b OK FETCH completed\r\n"
 
 
@@ -456,6 +458,135 @@ def test_enable_condstore(client: Client) -> None:
     assert client.ctx.condstore
 
 
+# ---- \Recent (RFC 3501 §2.3.2, §6.3.1-2, §7.3.2) -----------------------------------------
+
+
+@pytest.fixture
+def fresh(store: MailStore, deliver) -> Client:  # type: ignore[no-untyped-def]
+    """Three messages just delivered, no session has selected INBOX yet."""
+    for body in MSG:
+        deliver(body)
+    return Client(store)
+
+
+def recent_line(out: bytes) -> bytes:
+    return next(line for line in lines(out) if line.endswith(b" RECENT"))
+
+
+def test_the_first_select_claims_new_mail_and_a_later_one_finds_none(
+        store: MailStore, fresh: Client) -> None:
+    assert recent_line(fresh(b"a SELECT INBOX")) == b"* 3 RECENT"
+    assert fresh(b"b FETCH 1:3 FLAGS") == (
+        b"* 1 FETCH (FLAGS (\\Recent))\r\n* 2 FETCH (FLAGS (\\Recent))\r\n"
+        b"* 3 FETCH (FLAGS (\\Recent))\r\nb OK FETCH completed\r\n")
+    later = Client(store)
+    assert recent_line(later(b"a SELECT INBOX")) == b"* 0 RECENT"
+    assert later(b"b FETCH 1 FLAGS") == b"* 1 FETCH (FLAGS ())\r\nb OK FETCH completed\r\n"
+    assert fresh(b"c FETCH 1 FLAGS") == \
+        b"* 1 FETCH (FLAGS (\\Recent))\r\nc OK FETCH completed\r\n"
+
+
+def test_recent_follows_the_system_flags_and_outlives_store(fresh: Client) -> None:
+    fresh(b"a SELECT INBOX")
+    assert fresh(b"b STORE 1 +FLAGS (\\Seen $Work)") == (
+        b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Work)\r\n"
+        b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Work \\*)] "
+        b"Flags permitted\r\n"
+        b"* 1 FETCH (FLAGS (\\Seen \\Recent $Work))\r\nb OK STORE completed\r\n")
+    # A client cannot set \Recent (the parser refuses it) nor clear it.
+    assert fresh(b"c STORE 1 FLAGS ()") == \
+        b"* 1 FETCH (FLAGS (\\Recent))\r\nc OK STORE completed\r\n"
+
+
+def test_examine_counts_recent_without_claiming(store: MailStore, fresh: Client) -> None:
+    assert recent_line(fresh(b"a EXAMINE INBOX")) == b"* 3 RECENT"
+    assert fresh(b"b FETCH 2 FLAGS") == \
+        b"* 2 FETCH (FLAGS (\\Recent))\r\nb OK FETCH completed\r\n"
+    assert recent_line(Client(store)(b"a SELECT INBOX")) == b"* 3 RECENT"
+
+
+def test_status_counts_recent_without_claiming(store: MailStore, fresh: Client) -> None:
+    assert fresh(b"a STATUS INBOX (MESSAGES RECENT)") == \
+        b'* STATUS "INBOX" (MESSAGES 3 RECENT 3)\r\na OK STATUS completed\r\n'
+    assert fresh(b"b STATUS INBOX (RECENT)").startswith(b'* STATUS "INBOX" (RECENT 3)')
+    assert recent_line(fresh(b"c SELECT INBOX")) == b"* 3 RECENT"
+    assert Client(store)(b"d STATUS INBOX (RECENT)").startswith(b'* STATUS "INBOX" (RECENT 0)')
+
+
+def test_search_recent_new_and_old(store: MailStore, fresh: Client, deliver) -> None:  # type: ignore[no-untyped-def]
+    fresh(b"a SELECT INBOX")
+    fresh(b"b STORE 2 +FLAGS.SILENT (\\Seen)")
+    assert fresh(b"c SEARCH RECENT") == b"* SEARCH 1 2 3\r\nc OK SEARCH completed\r\n"
+    assert fresh(b"d SEARCH NEW") == b"* SEARCH 1 3\r\nd OK SEARCH completed\r\n"
+    assert fresh(b"e SEARCH OLD") == b"* SEARCH\r\ne OK SEARCH completed\r\n"
+    later = Client(store)
+    later(b"a SELECT INBOX")
+    deliver(b"Subject: new\r\n\r\nnew\r\n")
+    assert later(b"b SEARCH OLD") == \
+        b"* SEARCH 1 2 3\r\n* 4 EXISTS\r\n* 1 RECENT\r\nb OK SEARCH completed\r\n"
+    assert later(b"c UID SEARCH RECENT") == b"* SEARCH 4\r\nc OK SEARCH completed\r\n"
+    assert later(b"d SEARCH NOT NEW") == b"* SEARCH 1 2 3\r\nd OK SEARCH completed\r\n"
+
+
+def test_new_mail_while_selected_sends_exists_then_recent(store: MailStore, fresh: Client,
+                                                         deliver) -> None:  # type: ignore[no-untyped-def]
+    fresh(b"a SELECT INBOX")
+    deliver(b"Subject: new\r\n\r\nnew\r\n")
+    assert fresh(b"b NOOP") == b"* 4 EXISTS\r\n* 4 RECENT\r\nb OK NOOP completed\r\n"
+    # Claimed by another session first: EXISTS, but the recent count has not changed.
+    other = Client(store)
+    other(b"o SELECT INBOX")
+    deliver(b"Subject: newer\r\n\r\nnewer\r\n")
+    assert other(b"o NOOP") == b"* 5 EXISTS\r\n* 1 RECENT\r\no OK NOOP completed\r\n"
+    assert fresh(b"c NOOP") == b"* 5 EXISTS\r\nc OK NOOP completed\r\n"
+    assert fresh(b"d FETCH 5 FLAGS") == b"* 5 FETCH (FLAGS ())\r\nd OK FETCH completed\r\n"
+
+
+def test_recent_ends_with_the_selection(fresh: Client) -> None:
+    fresh(b"a SELECT INBOX")
+    fresh(b"b CLOSE")
+    assert recent_line(fresh(b"c SELECT INBOX")) == b"* 0 RECENT"
+    assert fresh(b"d SEARCH RECENT") == b"* SEARCH\r\nd OK SEARCH completed\r\n"
+
+
+def test_copies_are_recent_for_the_next_session_to_select_the_target(
+        store: MailStore, fresh: Client) -> None:
+    fresh(b"a SELECT INBOX")
+    fresh(b"b COPY 1:2 Trash")
+    fresh(b"c APPEND Trash {1+}\r\nx")
+    assert fresh(b"d STATUS Trash (RECENT)").startswith(b'* STATUS "Trash" (RECENT 3)')
+    assert recent_line(Client(store)(b"e SELECT Trash")) == b"* 3 RECENT"
+
+
+def test_copy_into_the_selected_mailbox_is_recent_here(store: MailStore,
+                                                       client: Client) -> None:
+    other = Client(store)
+    other(b"o SELECT INBOX")
+    out = client(b"a COPY 1 INBOX")
+    assert out.startswith(b"* 4 EXISTS\r\n* 1 RECENT\r\na OK [COPYUID ")
+    assert other(b"o NOOP") == b"* 4 EXISTS\r\no OK NOOP completed\r\n"
+    assert client(b"b SEARCH RECENT") == b"* SEARCH 4\r\nb OK SEARCH completed\r\n"
+
+
+def test_a_sync_that_must_claim_runs_inline_only_when_the_write_is_quick(
+        store: MailStore, fresh: Client, deliver) -> None:  # type: ignore[no-untyped-def]
+    index = fresh.ctx.account.index
+    fresh(b"a STATUS INBOX (MESSAGES)")  # the index is current: no scan left
+    index._clear_marker()  # all flushed: the next commit would first write the marker
+    assert not inline(fresh, b"a SELECT INBOX")  # 3 to claim
+    assert inline(fresh, b"a EXAMINE INBOX")  # looks only
+    fresh(b"b SELECT INBOX")
+    assert inline(fresh, b"a NOOP")  # nothing left to claim
+    deliver(b"Subject: new\r\n\r\nnew\r\n")
+    Client(store)(b"c STATUS INBOX (MESSAGES)")  # scanned: only the claim is left
+    index._clear_marker()
+    assert not inline(fresh, b"a NOOP") and not inline(fresh, b"a FETCH 1 FLAGS")
+    if index_module.boot_id() is not None:
+        index._mark_unsynced()  # as after a commit not flushed: claiming costs no flush
+        assert inline(fresh, b"a NOOP")
+        assert fresh(b"e NOOP") == b"* 4 EXISTS\r\n* 4 RECENT\r\ne OK NOOP completed\r\n"
+
+
 # ---- two sessions on one mailbox ----------------------------------------------------------
 
 
@@ -470,7 +601,7 @@ def test_other_sessions_changes_arrive_where_allowed(store: MailStore, client: C
     deliver(b"Subject: new\r\n\r\nnew\r\n")
     # RFC 3501 §7.4.1: no EXPUNGE during FETCH; the numbering holds, the new mail shows.
     assert client(b"b FETCH 1 UID") == \
-        b"* 1 FETCH (UID 1)\r\n* 4 EXISTS\r\nb OK FETCH completed\r\n"
+        b"* 1 FETCH (UID 1)\r\n* 4 EXISTS\r\n* 1 RECENT\r\nb OK FETCH completed\r\n"
     assert client(b"c FETCH 1 BODY.PEEK[]") == \
         b"c NO [EXPUNGEISSUED] Some messages were expunged\r\n"
     assert client(b"d SEARCH ALL") == b"* SEARCH 1 2 3 4\r\nd OK SEARCH completed\r\n"
@@ -561,7 +692,7 @@ def test_a_directory_changed_on_disk_sends_commands_to_a_thread(client: Client,
                                                                 deliver) -> None:  # type: ignore[no-untyped-def]
     deliver(b"Subject: new\r\n\r\nnew\r\n")  # the next sync scans: not on the event loop
     assert not inline(client, b"a NOOP") and not inline(client, b"a FETCH 1 UID")
-    assert client(b"b NOOP") == b"* 4 EXISTS\r\nb OK NOOP completed\r\n"
+    assert client(b"b NOOP") == b"* 4 EXISTS\r\n* 1 RECENT\r\nb OK NOOP completed\r\n"
 
 
 def test_idle_poll_reports_new_mail(client: Client, deliver) -> None:  # type: ignore[no-untyped-def]
@@ -573,7 +704,7 @@ def test_idle_poll_reports_new_mail(client: Client, deliver) -> None:  # type: i
             out.append(data)
 
     assert commands.poll(client.ctx, Sink()) is None
-    assert out == [b"* 4 EXISTS\r\n"]
+    assert out == [b"* 4 EXISTS\r\n", b"* 1 RECENT\r\n"]
 
 
 def test_selected_mailbox_deleted_elsewhere_ends_the_session(store: MailStore,

@@ -270,3 +270,23 @@ def test_compiled_saved_result_matches_by_uid() -> None:
     facts = Stored(42, frozenset(), 1, 0.0, 1)
     assert compile_program(key, NOW, last_seq=1, last_uid=1, saved_uids={42}).test(
         1, 42, facts, RawSource(RAW))
+
+
+@pytest.mark.parametrize(("text", "recent_uid", "expected"), [
+    ("RECENT", 42, True), ("RECENT", 7, False), ("OLD", 42, False), ("OLD", 7, True),
+    ("NEW", 42, False),  # \Seen: recent but not new
+    ("NOT NEW", 42, True), ("OR RECENT DELETED", 42, True)])
+def test_compiled_recent_keys_ask_the_session_not_the_flags(text: str, recent_uid: int,
+                                                            expected: bool) -> None:
+    # \Recent is never a stored flag (RFC 3501 §2.3.2): the session says which UIDs it holds.
+    facts = Stored(42, frozenset({"\\Seen"}), 1, 0.0, 1)
+    compiled = compile_program(program(text), NOW, last_seq=1, last_uid=42,
+                               recent=lambda uid: uid == recent_uid)
+    assert compiled.test(1, 42, facts, RawSource(RAW)) is expected
+
+
+def test_compiled_new_is_recent_and_unseen() -> None:
+    facts = Stored(42, frozenset({"\\Flagged"}), 1, 0.0, 1)
+    compiled = compile_program(program("NEW"), NOW, last_seq=1, last_uid=42,
+                               recent=lambda uid: True)
+    assert compiled.test(1, 42, facts, RawSource(RAW))
