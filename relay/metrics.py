@@ -9,8 +9,10 @@ Imports: prometheus_client, stdlib (a leaf: nothing from relay).
 
 from __future__ import annotations
 
+import bisect
 import os
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -66,25 +68,45 @@ BUILD_INFO = Gauge(
     ["version", "parser"], multiprocess_mode="max")
 
 class Tally:
-    """Hot-path counts kept as plain ints and pushed to Prometheus by `flush()`.
+    """Hot-path counts and observations kept in plain Python and pushed to Prometheus by
+    `flush()`.
 
     In multiprocess mode every Counter.inc() takes a lock, checks getpid() (a system
-    call) and writes an mmap'd file; at thousands of replies a second that was an
-    eighth of the event loop's time. The worker flushes every FLUSH_INTERVAL seconds
-    and at exit, so a scrape is at most that much behind."""
+    call) and writes an mmap'd file, and a Histogram.observe() does that twice; at
+    thousands of messages a second that was an eighth of the event loop's time. The
+    worker flushes every FLUSH_INTERVAL seconds and at exit, so a scrape is at most that
+    much behind. Event-loop thread only (the committer thread observes directly)."""
 
     FLUSH_INTERVAL = 0.5
 
     def __init__(self) -> None:
         self._counts: dict[object, float] = {}
+        # histogram child -> [sum, count per bucket index]
+        self._observed: dict[Histogram, list[Any]] = {}
 
     def add(self, child: object, amount: float = 1) -> None:
         self._counts[child] = self._counts.get(child, 0) + amount
+
+    def observe(self, histogram: Histogram, amount: float) -> None:
+        """Histogram.observe(amount), deferred: the same buckets and sum at the flush."""
+        entry = self._observed.get(histogram)
+        if entry is None:
+            entry = self._observed[histogram] = [0.0, [0] * len(histogram._upper_bounds)]
+        entry[0] += amount
+        # Histogram.observe counts the first bucket whose bound is >= amount; the
+        # exposition makes the counts cumulative.
+        entry[1][bisect.bisect_left(histogram._upper_bounds, amount)] += 1
 
     def flush(self) -> None:
         counts, self._counts = self._counts, {}
         for child, amount in counts.items():
             child.inc(amount)  # type: ignore[attr-defined]
+        observed, self._observed = self._observed, {}
+        for histogram, (total, buckets) in observed.items():
+            histogram._sum.inc(total)
+            for index, n in enumerate(buckets):
+                if n:
+                    histogram._buckets[index].inc(n)
 
 
 TALLY = Tally()

@@ -47,6 +47,8 @@ __all__ = [
     "DataReader",
     "FailureKind",
     "HeaderSummary",
+    "crlf_lines",
+    "dot_stuff",
     "parse_command",
     "scan_headers",
 ]
@@ -58,10 +60,12 @@ if TYPE_CHECKING:
     from relay._fast.cmdline_py import parse_command
     from relay._fast.data_py import DataReader
     from relay._fast.headers_py import scan_headers
+    from relay._fast.outbound_py import crlf_lines, dot_stuff
 elif os.environ.get("RELAY_PURE_PYTHON") == "1":
     from relay._fast.cmdline_py import parse_command
     from relay._fast.data_py import DataReader
     from relay._fast.headers_py import scan_headers
+    from relay._fast.outbound_py import crlf_lines, dot_stuff
 
     IMPLEMENTATION = "python"
 else:
@@ -69,6 +73,7 @@ else:
         from relay._fast.cmdline_c import parse_command
         from relay._fast.data_c import DataReader
         from relay._fast.headers_c import scan_headers
+        from relay._fast.outbound_c import crlf_lines, dot_stuff
     except ImportError as exc:
         raise ImportError(
             "relay._fast: compiled hot path not built; run `make compile` "

@@ -36,7 +36,8 @@ a close would, with "timed out" in the diagnostic.
 Trust: every reply octet is hostile. No input may raise out of this module; replies are
 bounded (512-octet lines, 100 lines) and their text is sanitised before it reaches a
 diagnostic, which ends up in a DSN and a log line.
-Imports: stdlib, relay.queue.model, relay.smtp.{grammar,replies}. No asyncio, socket,
+Imports: stdlib, relay._fast (crlf_lines, dot_stuff), relay.queue.model,
+relay.smtp.{grammar,replies}. No asyncio, socket,
 ssl, time, random or logging (DESIGN.md §2).
 """
 
@@ -47,6 +48,7 @@ import re
 from collections import deque
 from dataclasses import dataclass, field
 
+from relay._fast import crlf_lines, dot_stuff
 from relay.queue.model import Outcome
 from relay.smtp.grammar import GrammarError, is_valid_helo, parse_mailbox
 from relay.smtp.replies import Reply
@@ -61,8 +63,6 @@ _ENHANCED = re.compile(r"([245])\.[0-9]{1,3}\.[0-9]{1,3}(?= |$)")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # RFC 5321 §4.1.1.1 ehlo-keyword.
 _KEYWORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
-# RFC 5321 §2.3.8: CR and LF only ever travel as CRLF.
-_LINE_END = re.compile(rb"\r\n|\r|\n")
 
 _ACTIONS = {2: "delivered", 4: "delayed", 5: "failed"}
 
@@ -673,26 +673,6 @@ _HANDLERS = {
     _Expect.BDAT: ClientMachine._on_bdat,
     _Expect.RSET: ClientMachine._on_rset,
 }
-
-
-def crlf_lines(body: bytes) -> bytes:
-    """`body` with every line ending CRLF: RFC 5321 §2.3.8, a bare CR or LF becomes CRLF,
-    so no receiver can read a different end of data than we meant (the "SMTP smuggling"
-    class); a body not ending in CRLF gets one."""
-    if not (body.count(b"\r") == body.count(b"\n") == body.count(b"\r\n")):
-        body = _LINE_END.sub(b"\r\n", body)
-    if body and not body.endswith(b"\r\n"):
-        body += b"\r\n"
-    return body
-
-
-def dot_stuff(body: bytes) -> bytes:
-    """The DATA octets for `body`: CRLF line ends (crlf_lines), dot-stuffed, ending in
-    CRLF "." CRLF. RFC 5321 §4.5.2: a line beginning with "." gets one more."""
-    body = crlf_lines(body)
-    if body.startswith(b"."):
-        body = b"." + body
-    return body.replace(b"\r\n.", b"\r\n..") + b".\r\n"
 
 
 def _rcpt_command(recipient: str) -> bytes:

@@ -4,6 +4,10 @@ Connects (with a timeout) to one address, drives the machine through greeting, E
 opportunistic STARTTLS, sends transactions, and applies the RFC 5321 §4.5.3.2 timeouts
 to every wait for a reply. The machine decides everything else.
 
+Protocol-level I/O, like the server side (smtp/session.py): `data_received` feeds the
+machine at once and wakes the coroutine waiting in `_drive` only when it waits; a wait
+costs one future and one timer, not a task per read (asyncio.wait_for over a stream).
+
 Imports: asyncio, ssl, relay.delivery.client, relay.queue.model, relay.metrics.
 """
 
@@ -28,7 +32,7 @@ from relay.delivery.client import (
 from relay.queue.model import Outcome
 
 log = logging.getLogger("relay.delivery")
-READ_SIZE = 65536
+QUIT_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,18 +42,49 @@ class Timeouts:
     data: float  # RFC 5321 §4.5.3.2.6: the reply to the final dot
 
 
+class _Wire(asyncio.Protocol):
+    """The socket's side: octets and the peer's close go straight into the machine."""
+
+    def __init__(self, machine: ClientMachine) -> None:
+        self.machine = machine
+        self.transport: asyncio.Transport | None = None
+        self.lost = False
+        self.waiter: asyncio.Future[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.machine.receive_data(data)
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self.machine.receive_data(b"")
+        self._wake()
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.machine.receive_data(b"")
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
 class Connection:
     """A connected, greeted outbound SMTP session; `open()` makes one."""
 
-    def __init__(self, machine: ClientMachine, reader: asyncio.StreamReader,
-                 writer: asyncio.StreamWriter, timeouts: Timeouts, address: str) -> None:
-        self.machine = machine
-        self.reader = reader
-        self.writer = writer
+    def __init__(self, wire: _Wire, timeouts: Timeouts, address: str) -> None:
+        self.machine = wire.machine
+        self.wire = wire
         self.timeouts = timeouts
         self.address = address
         self.closed = False
         self.handshake_failed = False
+        self._loop = asyncio.get_running_loop()  # kept: each lookup costs a getpid()
         metrics.OUTBOUND_CONNECTIONS_ACTIVE.inc()
 
     @classmethod
@@ -61,17 +96,18 @@ class Connection:
 
         Opportunistic TLS as Postfix's "may" level: a failed handshake is retried once
         in plaintext, unless the destination requires TLS."""
-        machine = ClientMachine(helo_name, host, starttls=starttls)
+        wire = _Wire(ClientMachine(helo_name, host, starttls=starttls))
+        loop = asyncio.get_running_loop()
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(address, port, limit=READ_SIZE), timeouts.connect)
+            await asyncio.wait_for(loop.create_connection(lambda: wire, address, port),
+                                   timeouts.connect)
         except (OSError, asyncio.TimeoutError) as exc:
             why = "timed out" if isinstance(exc, asyncio.TimeoutError) else (
                 exc.strerror or str(exc))
             return Failed(False, None, "4.4.1",
                           f"x-relay; connect to {host}[{address}]:{port}: {why}",
                           f"dns; {host}")
-        conn = cls(machine, reader, writer, timeouts, address)
+        conn = cls(wire, timeouts, address)
         event = await conn._drive(tls, server_hostname)
         if isinstance(event, Ready) and require_tls and not conn.tls:
             await conn.close()
@@ -94,7 +130,7 @@ class Connection:
 
     @property
     def usable(self) -> bool:
-        return not self.closed and self.machine.idle and not self.reader.at_eof()
+        return not self.closed and self.machine.idle and not self.wire.lost
 
     async def send(self, sender: str, recipients: list[str], body: bytes,
                    smtputf8: bool) -> list[Outcome] | Failed:
@@ -115,28 +151,28 @@ class Connection:
         self.closed = True
         metrics.OUTBOUND_CONNECTIONS_ACTIVE.dec()
         try:
-            if self.machine.idle:
+            if self.machine.idle and not self.wire.lost:
                 self.machine.quit()
-                self.writer.write(self.machine.data_to_send())
-                await asyncio.wait_for(self._drive(None, None), 5.0)
-        except (OSError, asyncio.TimeoutError, ConnectionError):
-            pass
+                await self._drive(None, None, QUIT_TIMEOUT)
         finally:
-            self.writer.close()
+            transport = self.wire.transport
+            if transport is not None:
+                transport.close()
 
-    async def _drive(self, tls: ssl.SSLContext | None,
-                     server_hostname: str | None) -> Ready | TransactionDone | Failed | Closed:
+    async def _drive(self, tls: ssl.SSLContext | None, server_hostname: str | None,
+                     timeout: float | None = None) -> Ready | TransactionDone | Failed | Closed:
         """Run the machine until it has news for the caller."""
         machine = self.machine
+        wire = self.wire
         while True:
             event = machine.next_event()
             out = machine.data_to_send()
             if out:
-                try:
-                    self.writer.write(out)
-                except (OSError, ConnectionError):
+                transport = wire.transport
+                if transport is None or transport.is_closing():
                     machine.receive_data(b"")
                     continue
+                transport.write(out)
             if isinstance(event, (Ready, TransactionDone, Failed, Closed)):
                 return event
             if isinstance(event, StartTls):
@@ -145,29 +181,46 @@ class Connection:
             if event is Signal.PAUSED:  # closed machine with nothing more to say
                 return Failed(False, None, "4.4.2", "x-relay; connection closed",
                               machine.remote_mta, machine.tls_active)
-            timeout = (self.timeouts.data if machine.state is ClientState.TRANSACTION
-                       else self.timeouts.command)
-            try:
-                data = await asyncio.wait_for(self.reader.read(READ_SIZE), timeout)
-            except asyncio.TimeoutError:
-                log.info("timeout waiting for %s[%s]", machine.host, self.address)
-                machine.timed_out()
-                continue
-            except (OSError, ConnectionError):
-                data = b""
-            machine.receive_data(data)
+            await self._wait(timeout or (self.timeouts.data
+                                         if machine.state is ClientState.TRANSACTION
+                                         else self.timeouts.command))
+
+    async def _wait(self, timeout: float) -> None:
+        """Until the peer says something (or closes), at most `timeout` seconds."""
+        loop = self._loop
+        waiter = self.wire.waiter = loop.create_future()
+        timer = loop.call_later(timeout, _expire, waiter)
+        try:
+            timed_out = await waiter
+        finally:
+            timer.cancel()
+            self.wire.waiter = None
+        if timed_out:
+            log.info("timeout waiting for %s[%s]", self.machine.host, self.address)
+            self.machine.timed_out()
 
     async def _upgrade(self, tls: ssl.SSLContext | None, server_hostname: str | None) -> None:
-        if tls is None:  # not reachable: STARTTLS is only sent during open()
+        wire = self.wire
+        if tls is None or wire.transport is None:  # STARTTLS is only sent during open()
             self.machine.receive_data(b"")
             return
+        loop = asyncio.get_running_loop()
         try:
-            await asyncio.wait_for(
-                self.writer.start_tls(tls, server_hostname=server_hostname),
+            transport = await asyncio.wait_for(
+                loop.start_tls(wire.transport, wire, tls, server_hostname=server_hostname),
                 self.timeouts.command)
         except (OSError, ssl.SSLError, asyncio.TimeoutError, ConnectionError) as exc:
             log.info("TLS handshake with %s failed: %s", self.machine.host, exc)
             self.handshake_failed = True
             self.machine.receive_data(b"")
             return
+        if transport is None:
+            self.machine.receive_data(b"")
+            return
+        wire.transport = transport  # type: ignore[assignment]
         self.machine.tls_started()
+
+
+def _expire(waiter: asyncio.Future[bool]) -> None:
+    if not waiter.done():
+        waiter.set_result(True)

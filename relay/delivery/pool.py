@@ -41,7 +41,10 @@ class OutboundPool:
         self._all = asyncio.Semaphore(max_connections)
         self._per_dest: defaultdict[Destination, asyncio.Semaphore] = defaultdict(
             lambda: asyncio.Semaphore(max_per_destination))
-        self._idle: defaultdict[Destination, list[Connection]] = defaultdict(list)
+        # idle connections per destination with the loop time each was released at
+        self._idle: defaultdict[Destination, list[tuple[Connection, float]]] = defaultdict(list)
+        self._sweeps: dict[Destination, asyncio.TimerHandle] = {}
+        self._loop = asyncio.get_running_loop()
         self._dns_seen: Counter[str] = Counter()
         self._resolving: dict[str, asyncio.Future[list[MxHost]]] = {}
         self._opportunistic = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -70,8 +73,11 @@ class OutboundPool:
             return result
 
     async def close(self) -> None:
+        for handle in self._sweeps.values():
+            handle.cancel()
+        self._sweeps.clear()
         for conns in self._idle.values():
-            for conn in conns:
+            for conn, _ in conns:
                 await conn.close()
         self._idle.clear()
 
@@ -80,24 +86,35 @@ class OutboundPool:
     def _take_idle(self, dest: Destination) -> Connection | None:
         conns = self._idle[dest]
         while conns:
-            conn = conns.pop()
+            conn, _ = conns.pop()  # the most recently used: the least likely to be stale
             if conn.usable:
                 return conn
-            asyncio.get_running_loop().create_task(conn.close())
+            self._loop.create_task(conn.close())
         return None
 
     def _release(self, dest: Destination, conn: Connection) -> None:
         if not conn.usable or self.cache_time <= 0:
-            asyncio.get_running_loop().create_task(conn.close())
+            self._loop.create_task(conn.close())
             return
-        self._idle[dest].append(conn)
-        asyncio.get_running_loop().call_later(self.cache_time, self._expire, dest, conn)
+        self._idle[dest].append((conn, self._loop.time()))
+        if dest not in self._sweeps:  # one timer per destination, not one per message
+            self._sweeps[dest] = self._loop.call_later(self.cache_time, self._sweep, dest)
 
-    def _expire(self, dest: Destination, conn: Connection) -> None:
+    def _sweep(self, dest: Destination) -> None:
+        """Close the connections to `dest` idle for cache_time; come back for the rest."""
+        del self._sweeps[dest]
         conns = self._idle.get(dest)
-        if conns and conn in conns:
-            conns.remove(conn)
-            asyncio.get_running_loop().create_task(conn.close())
+        if not conns:
+            return
+        deadline = self._loop.time() - self.cache_time
+        keep = [(conn, since) for conn, since in conns if since > deadline]
+        for conn, since in conns:
+            if since <= deadline:
+                self._loop.create_task(conn.close())
+        conns[:] = keep
+        if keep:
+            oldest = min(since for _, since in keep)
+            self._sweeps[dest] = self._loop.call_at(oldest + self.cache_time, self._sweep, dest)
 
     async def _connect(self, dest: Destination,
                        recipients: list[str]) -> Connection | list[Outcome]:

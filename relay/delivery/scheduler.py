@@ -47,6 +47,7 @@ from relay.queue.model import (
 from relay.queue.store import QueueStore
 
 log = logging.getLogger("relay.delivery")
+_DELIVERED = {kind: metrics.MESSAGES_DELIVERED.labels(kind=kind) for kind in ("local", "remote")}
 
 
 class RemoteDelivery(Protocol):
@@ -136,6 +137,7 @@ class DeliveryScheduler:
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._stopping = False
+        self._loop = asyncio.get_running_loop()  # kept: each lookup costs a getpid()
 
     def owns(self, queue_id: str) -> bool:
         try:
@@ -190,7 +192,7 @@ class DeliveryScheduler:
 
     def _start(self, env: Envelope, body: bytes) -> None:
         self._in_flight.add(env.id)
-        task = asyncio.get_running_loop().create_task(self._attempt(env, body))
+        task = self._loop.create_task(self._attempt(env, body))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -212,6 +214,8 @@ class DeliveryScheduler:
             jobs.append(self.local.deliver(env.sender, routes.local, body))
         for dest, rcpts in routes.remote.items():
             jobs.append(self.remote.deliver(dest, env.sender, rcpts, body, env.smtputf8))
+        if len(jobs) == 1:  # the common case: no task for gather() to wrap it in
+            return list(await jobs[0])
         outcomes: list[Outcome] = []
         for result in await asyncio.gather(*jobs):
             outcomes.extend(result)
@@ -252,7 +256,7 @@ class DeliveryScheduler:
             return
         self._log(env, outcomes, result)
         if result.envelope is None:
-            metrics.DELIVERY_DURATION.observe(max(0.0, now - env.arrival))
+            metrics.TALLY.observe(metrics.DELIVERY_DURATION, max(0.0, now - env.arrival))
         for notice, notice_body in notices:
             self.submit(notice, notice_body)
 
@@ -273,16 +277,16 @@ class DeliveryScheduler:
         for o in outcomes:
             kind = "local" if o.diagnostic.startswith("x-relay; delivered to maildir") else "remote"
             if o.action == "delivered":
-                metrics.MESSAGES_DELIVERED.labels(kind=kind).inc()
+                metrics.TALLY.add(_DELIVERED[kind])
                 log.info("%s: delivered to=<%s> relay=%s tls=%s status=%s (%s)", env.id,
                          o.recipient, o.remote_mta.removeprefix("dns; ") or "local",
                          "yes" if o.tls else "no", o.status, o.diagnostic)
         for o in result.failed:
-            metrics.MESSAGES_BOUNCED.inc()
+            metrics.TALLY.add(metrics.MESSAGES_BOUNCED)
             log.info("%s: bounced to=<%s> status=%s (%s)%s", env.id, o.recipient, o.status,
                      o.diagnostic, " expired" if o.status == "4.4.7" else "")
         if result.delayed and result.envelope is not None:
-            metrics.MESSAGES_DEFERRED.inc()
+            metrics.TALLY.add(metrics.MESSAGES_DEFERRED)
             for o in result.delayed:
                 log.info("%s: deferred to=<%s> status=%s (%s) next_attempt=%s", env.id,
                          o.recipient, o.status, o.diagnostic,

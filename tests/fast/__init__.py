@@ -7,13 +7,23 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from relay._fast import cmdline_c, cmdline_py, data_c, data_py, headers_c, headers_py
+from relay._fast import (
+    cmdline_c,
+    cmdline_py,
+    data_c,
+    data_py,
+    headers_c,
+    headers_py,
+    outbound_c,
+    outbound_py,
+)
 from relay._fast.spec import CommandSyntaxError
 
 # (label, module) pairs; every test runs on both.
 DATA_IMPLS = [("python", data_py), ("cython", data_c)]
 CMDLINE_IMPLS = [("python", cmdline_py), ("cython", cmdline_c)]
 HEADERS_IMPLS = [("python", headers_py), ("cython", headers_c)]
+OUTBOUND_IMPLS = [("python", outbound_py), ("cython", outbound_c)]
 
 
 def split_at(data: bytes, cuts: Iterable[int]) -> list[bytes]:

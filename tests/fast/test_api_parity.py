@@ -14,12 +14,13 @@ import pytest
 
 from relay._fast import spec
 
-from . import CMDLINE_IMPLS, DATA_IMPLS, HEADERS_IMPLS
+from . import CMDLINE_IMPLS, DATA_IMPLS, HEADERS_IMPLS, OUTBOUND_IMPLS
 
 PAIRS = [
     pytest.param(DATA_IMPLS, id="data"),
     pytest.param(CMDLINE_IMPLS, id="cmdline"),
     pytest.param(HEADERS_IMPLS, id="headers"),
+    pytest.param(OUTBOUND_IMPLS, id="outbound"),
 ]
 
 

@@ -17,7 +17,16 @@ from hypothesis import strategies as st
 
 from relay._fast import spec
 
-from . import CMDLINE_IMPLS, DATA_IMPLS, HEADERS_IMPLS, command_result, drive_reader, final, split_at
+from . import (
+    CMDLINE_IMPLS,
+    DATA_IMPLS,
+    HEADERS_IMPLS,
+    OUTBOUND_IMPLS,
+    command_result,
+    drive_reader,
+    final,
+    split_at,
+)
 
 # -- DataReader ---------------------------------------------------------------------
 
@@ -158,3 +167,40 @@ def test_scan_headers_twins_agree(message: bytes) -> None:
     # The header section alone has the same summary.
     for _, module in HEADERS_IMPLS:
         assert module.scan_headers(message[: py.header_end]) == py
+
+
+# -- crlf_lines / dot_stuff -----------------------------------------------------------
+
+BODY_TOKENS = st.sampled_from(
+    [b"\r\n", b"\n", b"\r", b".", b"..", b"\r\n.\r\n", b"\r\r\n", b"\n\r", b".\r\n", b"a",
+     b"\x00", b"\xff", b" "]
+)
+BODIES = st.one_of(
+    st.lists(st.one_of(BODY_TOKENS, BODY_TOKENS, st.binary(max_size=6), LONG_RUN), max_size=50)
+    .map(b"".join),
+    st.binary(max_size=300),
+)
+
+
+def _reader_body(octets: bytes) -> bytes:
+    """What a receiving server's DATA reader makes of the octets we send."""
+    reader = DATA_IMPLS[0][1].DataReader(10**9, 10**9)
+    assert reader.feed(octets) == len(octets) and reader.done
+    assert reader.flags & (spec.FLAG_BARE_CR | spec.FLAG_BARE_LF) == 0
+    return reader.body()
+
+
+@given(BODIES)
+@example(b"")
+@example(b".")
+@example(b"\r\r\n.")
+@example(b"a\r")
+def test_outbound_twins_agree(body: bytes) -> None:
+    (_, py), (_, c) = OUTBOUND_IMPLS
+    lines = py.crlf_lines(body)
+    assert c.crlf_lines(body) == lines
+    assert c.dot_stuff(body) == py.dot_stuff(body)
+    # The receiver reads back exactly the CRLF-normalised body: nothing more, nothing less.
+    assert _reader_body(py.dot_stuff(body)) == lines
+    assert (lines == b"") == (body == b"") and (not lines or lines.endswith(b"\r\n"))
+    assert lines.count(b"\r") == lines.count(b"\n") == lines.count(b"\r\n")

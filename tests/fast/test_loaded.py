@@ -15,7 +15,7 @@ from pathlib import Path
 
 import relay._fast as fast
 
-PUBLIC = ("DataReader", "parse_command", "scan_headers")
+PUBLIC = ("DataReader", "parse_command", "scan_headers", "crlf_lines", "dot_stuff")
 REPO = Path(__file__).resolve().parents[2]
 
 

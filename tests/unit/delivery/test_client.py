@@ -27,8 +27,8 @@ from relay.delivery.client import (
     Signal,
     StartTls,
     TransactionDone,
-    dot_stuff,
 )
+from relay._fast import dot_stuff
 from relay.queue.model import Outcome
 from relay.smtp import events as server_events
 from relay.smtp import replies as R
