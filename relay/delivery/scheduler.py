@@ -8,7 +8,9 @@ Theory of operation.
 - New messages are handed over in memory right after their commit (`submit`), so
   delivery does not wait for a poll; the schedule index (queue/schema.py "sched") is
   scanned every `poll` seconds for retries, operator flushes and messages left from
-  before a restart. An in-flight set keeps one message from being taken twice.
+  before a restart, SCAN_LIMIT at a time, read SCAN_BATCH per read transaction; when a
+  scan was cut at the limit (a backlog) the next one starts as soon as half of what it
+  took is done. An in-flight set keeps one message from being taken twice.
 - A finished attempt is settled by `settle()`, a pure function: delivered and bounced
   recipients become final, the rest wait for the next step of the retry schedule
   (with jitter) until `max_queue_lifetime`, then bounce. The settlement, the removal of
@@ -47,6 +49,8 @@ from relay.queue.model import (
 from relay.queue.store import QueueStore
 
 log = logging.getLogger("relay.delivery")
+SCAN_LIMIT = 2000  # due messages taken per scan of the schedule
+SCAN_BATCH = 256  # of those, read per executor call (one read transaction)
 _DELIVERED = {kind: metrics.MESSAGES_DELIVERED.labels(kind=kind) for kind in ("local", "remote")}
 
 
@@ -136,6 +140,8 @@ class DeliveryScheduler:
         self._in_flight: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
+        self._room = asyncio.Event()  # set when a backlog scan's batch is half done
+        self._low_water = 0
         self._stopping = False
         self._loop = asyncio.get_running_loop()  # kept: each lookup costs a getpid()
 
@@ -157,10 +163,22 @@ class DeliveryScheduler:
     async def run(self) -> None:
         """Scan the schedule until stopped."""
         while not self._stopping:
+            full = False
             try:
-                await self._scan()
+                full = await self._scan()
             except Exception:  # noqa: BLE001 - the scheduler must outlive any one bug
                 log.exception("schedule scan failed")
+            if full:
+                # A backlog (a restart, an outage's retries): scan again as soon as half
+                # of what was taken is done, not a whole poll later.
+                self._room.clear()
+                self._low_water = len(self._in_flight) // 2
+                if len(self._in_flight) > self._low_water:
+                    try:
+                        await asyncio.wait_for(self._room.wait(), self.poll)
+                    except asyncio.TimeoutError:
+                        pass
+                continue
             try:
                 await asyncio.wait_for(self._wake.wait(), self.poll)
             except asyncio.TimeoutError:
@@ -175,20 +193,26 @@ class DeliveryScheduler:
         for task in self._tasks:
             task.cancel()
 
-    async def _scan(self) -> None:
+    async def _scan(self) -> bool:
+        """Start what is due; True when it started something and was cut at SCAN_LIMIT
+        (more may be due: scanning again soon makes progress, never a busy loop)."""
         loop = asyncio.get_running_loop()
-        due = await loop.run_in_executor(None, self.store.due, self.clock(), 2000)
-        for queue_id in due:
+        due = await loop.run_in_executor(None, self.store.due, self.clock(), SCAN_LIMIT)
+        mine = [q for q in due if q not in self._in_flight and self.owns(q)]
+        started = 0
+        for start in range(0, len(mine), SCAN_BATCH):  # one read transaction per batch
             if self._stopping:
-                return
-            if queue_id in self._in_flight or not self.owns(queue_id):
-                continue
-            found = await loop.run_in_executor(None, self.store.get, queue_id)
-            # Re-check: intake may have handed this message over while we were reading it.
-            if (found is None or found[0].state is MessageState.HOLD
-                    or queue_id in self._in_flight or self._stopping):
-                continue
-            self._start(*found)
+                return False
+            found = await loop.run_in_executor(None, self.store.get_many,
+                                               mine[start:start + SCAN_BATCH])
+            for env, body in found:
+                # Re-check: intake may have handed it over while we were reading.
+                if (env.state is MessageState.HOLD or env.id in self._in_flight
+                        or self._stopping):
+                    continue
+                self._start(env, body)
+                started += 1
+        return started > 0 and len(due) >= SCAN_LIMIT
 
     def _start(self, env: Envelope, body: bytes) -> None:
         self._in_flight.add(env.id)
@@ -205,6 +229,8 @@ class DeliveryScheduler:
             log.exception("%s: delivery attempt failed", env.id)
         finally:
             self._in_flight.discard(env.id)
+            if len(self._in_flight) <= self._low_water:
+                self._room.set()
 
     async def _deliver(self, env: Envelope, body: bytes) -> list[Outcome]:
         pending = [r.address for r in env.recipients if r.state is RecipientState.PENDING]

@@ -190,6 +190,20 @@ class QueueStore:
             body = txn.get(queue_id.encode(), db=self._dbs[b"body"]) or b""
             return schema.decode_envelope(raw), bytes(body)
 
+    def get_many(self, queue_ids: list[str]) -> list[tuple[Envelope, bytes]]:
+        """The (envelope, body) of each id still queued, in order, read in one transaction."""
+        if not self._dbs:
+            return []
+        out: list[tuple[Envelope, bytes]] = []
+        env_db, body_db = self._dbs[b"env"], self._dbs[b"body"]
+        with self._resize_lock, self._read() as txn:
+            for queue_id in queue_ids:
+                key = queue_id.encode()
+                raw = txn.get(key, db=env_db)
+                if raw is not None:
+                    out.append((schema.decode_envelope(raw), bytes(txn.get(key, db=body_db) or b"")))
+        return out
+
     def due(self, now: float, limit: int = 1000) -> list[str]:
         """Ids whose next attempt is at or before `now`, oldest first (held ones never)."""
         if not self._dbs:
