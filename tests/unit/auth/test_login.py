@@ -18,17 +18,10 @@ from relay.auth.accounts import AccountStore
 from relay.auth.cache import LoginCache
 from relay.auth.login import Authenticator, LoginResult
 from relay.auth.throttle import AuthThrottle
+from tests.support.clock import FakeClock
 
 IP = "192.0.2.1"
 ALICE = "alice@example.test"
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class CountingAccounts(AccountStore):
@@ -44,11 +37,6 @@ class CountingAccounts(AccountStore):
     def verified_hash(self, address: str, password: str) -> str | None:
         self.argon2_checks += 1
         return super().verified_hash(address, password)
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
 
 
 @pytest.fixture

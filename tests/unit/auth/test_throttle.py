@@ -7,22 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from relay.auth.throttle import AuthThrottle, ConnectionLimiter, client_key
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
+from tests.support.clock import FakeClock
 
 
 @pytest.fixture
