@@ -13,9 +13,8 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from support.relay_server import RelayProcess, free_port
+from support.relay_server import RelayProcess, add_users, free_port
 
-from relay.auth.accounts import AccountStore
 
 USERS = ("ann", "ben", "cat", "dan", "eve")
 
@@ -26,10 +25,7 @@ def mda(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
     relay = RelayProcess(tmp_path_factory.mktemp("recent"), delivery={"enabled": True},
                          listen={"imap": [f"127.0.0.1:{imap}"]})
     relay.imap_port = imap  # type: ignore[attr-defined]
-    accounts = AccountStore(relay.data_dir / "accounts")
-    for user in USERS:
-        accounts.add(f"{user}@example.test", f"{user}-pw")
-    accounts.close()
+    add_users(relay, USERS)
     with relay:
         yield relay
 

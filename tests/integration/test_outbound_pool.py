@@ -12,8 +12,8 @@ from relay.delivery.connector import Timeouts
 from relay.delivery.mx import MxResolver
 from relay.delivery.pool import OutboundPool
 from relay.delivery.route import Destination
-from tests.support.relay_server import free_port
-from tests.support.sink import Sink
+from support.relay_server import free_port
+from support.sink import Sink
 
 SENDER = "alice@example.org"
 BODY = b"Subject: pool\r\n\r\nHello.\r\n"

@@ -17,9 +17,8 @@ from collections.abc import Iterator
 
 import pytest
 from imapclient import IMAPClient
-from support.relay_server import RelayProcess, free_port
+from support.relay_server import RelayProcess, add_users, free_port
 
-from relay.auth.accounts import AccountStore
 
 USERS = ("anna", "bert", "cleo", "dora", "emil", "fred", "gina")
 
@@ -40,15 +39,6 @@ def mda(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
     add_users(relay, USERS)
     with relay:
         yield relay
-
-
-def add_users(relay: RelayProcess, users: tuple[str, ...]) -> None:
-    """Accounts <user>@example.test / <user>-pw, written in-process (quicker than one
-    `relay users add` per user)."""
-    accounts = AccountStore(relay.data_dir / "accounts")
-    for user in users:
-        accounts.add(f"{user}@example.test", f"{user}-pw")
-    accounts.close()
 
 
 def deliver(relay: RelayProcess, to: str, body: bytes) -> None:

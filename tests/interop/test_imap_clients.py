@@ -18,9 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.relay_server import RelayProcess, free_port
+from support.relay_server import RelayProcess, add_users, free_port
 
-from relay.auth.accounts import AccountStore
 
 USERS = ("curt", "isa", "mia", "fritz", "nora")
 TIMEOUT = 30
@@ -38,10 +37,7 @@ def mda(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
     relay = RelayProcess(tmp_path_factory.mktemp("imapclients"), delivery={"enabled": True},
                          listen={"imap": [f"127.0.0.1:{imap}"], "imaps": [f"127.0.0.1:{imaps}"]})
     relay.imap_port, relay.imaps_port = imap, imaps  # type: ignore[attr-defined]
-    accounts = AccountStore(relay.data_dir / "accounts")
-    for user in USERS:
-        accounts.add(f"{user}@example.test", f"{user}-pw")
-    accounts.close()
+    add_users(relay, USERS)
     with relay:
         yield relay
 

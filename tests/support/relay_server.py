@@ -127,3 +127,14 @@ class RelayProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def add_users(relay: RelayProcess, users: tuple[str, ...]) -> None:
+    """Accounts <user>@example.test with password <user>-pw, written in-process (quicker
+    than one `relay users add` per user)."""
+    from relay.auth.accounts import AccountStore
+
+    accounts = AccountStore(relay.data_dir / "accounts")
+    for user in users:
+        accounts.add(f"{user}@example.test", f"{user}-pw")
+    accounts.close()

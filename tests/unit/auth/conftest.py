@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.clock import FakeClock
+from support.clock import FakeClock
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from relay.auth.accounts import AccountStore
 from relay.auth.cache import LoginCache
 from relay.auth.login import Authenticator, LoginResult
 from relay.auth.throttle import AuthThrottle
-from tests.support.clock import FakeClock
+from support.clock import FakeClock
 
 IP = "192.0.2.1"
 ALICE = "alice@example.test"

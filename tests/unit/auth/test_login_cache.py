@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from relay.auth.cache import LoginCache
-from tests.support.clock import FakeClock
+from support.clock import FakeClock
 
 HASH = "$argon2id$v=19$m=65536,t=3,p=4$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA"
 OTHER_HASH = "$argon2id$v=19$m=65536,t=3,p=4$b3RoZXJzYWx0$b3RoZXJoYXNob3RoZXJoYXNo"

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from relay.auth.throttle import AuthThrottle, ConnectionLimiter, client_key
-from tests.support.clock import FakeClock
+from support.clock import FakeClock
 
 
 @pytest.fixture
