@@ -1,6 +1,6 @@
 """Command execution: the IMAP commands that touch the mailbox store, as a table.
 
-`execute(ctx, command, out)` runs one parsed command (parser.Command) the machine handed
+`execute(ctx, command, out)` runs one parsed command (arguments.Command) the machine handed
 out as an Execute event, writes its untagged responses to `out`, then, with a mailbox
 selected, syncs it and writes the updates (RFC 3501 §7: EXISTS, EXPUNGE where §7.4.1
 allows, FETCH FLAGS) and returns the tagged completion (responses.Done). `poll(ctx, out)`
@@ -25,9 +25,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from relay.mda.imap import fetch, mailboxes, messages, parser
+from relay.mda.imap import arguments, fetch, mailboxes, messages
+from relay.mda.imap.arguments import Command
 from relay.mda.imap.context import Context, store_error
-from relay.mda.imap.parser import Command, SearchKey
 from relay.mda.imap.responses import (
     BAD_SEQUENCE,
     SERVER_BUG,
@@ -37,6 +37,7 @@ from relay.mda.imap.responses import (
     no,
     ok,
 )
+from relay.mda.imap.search_keys import SearchKey
 from relay.mda.imap.selected import BadSequence, MailboxGone, Output, SelectedMailbox
 from relay.mda.store import StoreError
 
@@ -111,12 +112,12 @@ def _inline(ctx: Context, command: Command) -> bool:
     if name in ("NOOP", "CHECK"):
         return selected is None or selected.folder.fresh()
     if name in ("SELECT", "EXAMINE"):
-        assert isinstance(args, parser.Select)
+        assert isinstance(args, arguments.Select)
         return ctx.account.fresh(args.mailbox, claim_recent=name == "SELECT")
     if selected is None:
         return False
     if name == "FETCH":
-        assert isinstance(args, parser.Fetch)
+        assert isinstance(args, arguments.Fetch)
         targets = selected.resolve(args.sequence, command.uid)
         if len(targets) > INLINE_FETCH_MAX:
             return False
@@ -138,7 +139,7 @@ def _inline(ctx: Context, command: Command) -> bool:
             return False
         return selected.folder.fresh()
     if name == "SEARCH":
-        assert isinstance(args, parser.Search)
+        assert isinstance(args, arguments.Search)
         fields: set[str] = set()
         if selected.exists > INLINE_SEARCH_MAX or not _search_inline(args.key, fields):
             return False
@@ -146,10 +147,10 @@ def _inline(ctx: Context, command: Command) -> bool:
             return False
         return selected.folder.fresh()
     if name == "STORE":
-        assert isinstance(args, parser.Store)
+        assert isinstance(args, arguments.Store)
         if selected.readonly:
             return True  # refused at once
-        if args.mode is parser.StoreMode.REPLACE:  # may drop keywords: a flushed commit
+        if args.mode is arguments.StoreMode.REPLACE:  # may drop keywords: a flushed commit
             return False
         if not all(f.lower() in _SYSTEM_LOWER for f in args.flags):
             return False  # keywords live only in the index: a flushed commit
@@ -201,7 +202,7 @@ def select(ctx: Context, cmd: Command, out: Output) -> Done:
     PERMANENTFLAGS and HIGHESTMODSEQ (RFC 7162 §3.1.2.1) as OK response codes. SELECT
     claims the \\Recent messages, EXAMINE only counts them (RFC 3501 §6.3.1-2)."""
     args = cmd.args
-    assert isinstance(args, parser.Select)
+    assert isinstance(args, arguments.Select)
     readonly = cmd.name == "EXAMINE"
     if ctx.selected is not None:
         # RFC 3501 §6.3.1: selecting deselects first, even if the new SELECT fails;
@@ -252,7 +253,7 @@ def noop(ctx: Context, cmd: Command, out: Output) -> Done:
 def enable(ctx: Context, cmd: Command, out: Output) -> Done:
     """ENABLE (RFC 5161 §3.1): turn on what we support, list it in ENABLED."""
     args = cmd.args
-    assert isinstance(args, parser.Enable)
+    assert isinstance(args, arguments.Enable)
     enabled = [c for c in _ENABLEABLE if c in args.capabilities]
     if "CONDSTORE" in enabled:
         ctx.enable_condstore(out)

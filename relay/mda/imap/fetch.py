@@ -16,17 +16,18 @@ carry FLAGS.
 
 Blocking: runs in the session's worker thread (on the event loop only when everything
 it needs is in memory: commands.inline). Imports: stdlib, relay.mda.store,
-relay.mda.imap.{context,message,parser,responses,selected}.
+relay.mda.imap.{arguments,context,fetch_items,message,responses,selected}.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from relay.mda.imap import parser
+from relay.mda.imap import arguments
+from relay.mda.imap.arguments import Command
 from relay.mda.imap.context import Context
+from relay.mda.imap.fetch_items import FetchItem, Section
 from relay.mda.imap.message import Message, partial
-from relay.mda.imap.parser import Command, FetchItem, Section
 from relay.mda.imap.responses import (
     EXPUNGE_ISSUED,
     Done,
@@ -49,7 +50,7 @@ _TEXT = Section(text="TEXT")
 def fetch(ctx: Context, cmd: Command, out: Output) -> Done:
     selected = ctx.selected
     args = cmd.args
-    assert selected is not None and isinstance(args, parser.Fetch)
+    assert selected is not None and isinstance(args, arguments.Fetch)
     items = list(args.items)
     if any(i.name in ("BINARY", "BINARY.SIZE") for i in items):
         return bad("BINARY is not supported")

@@ -25,7 +25,8 @@ Trust: every octet is from an unauthenticated peer and nothing it sends raises o
 here: malformed commands get BAD and the session goes on; an over-long line, a huge
 refused literal, or MAX_BAD_COMMANDS bad commands in a row end it with BYE. The glue is
 trusted: answering a decision that was not asked raises UsageError.
-Imports: stdlib, relay.mda.imap.{parser,responses}, relay.auth.sasl (pure machines).
+Imports: stdlib, relay.mda.imap.{arguments,parser,responses,tokens}, relay.auth.sasl (pure
+machines).
 """
 
 from __future__ import annotations
@@ -35,9 +36,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from relay.auth.sasl import MECHANISMS, Challenge, Credentials, SaslErrorKind, SaslExchange
-from relay.mda.imap import parser
-from relay.mda.imap.parser import Command, CommandReader, ErrorKind, NeedLiteral, ParseError
+from relay.mda.imap import arguments, parser
+from relay.mda.imap.arguments import Command
+from relay.mda.imap.parser import CommandReader, NeedLiteral, ParseError
 from relay.mda.imap.responses import Done, Transition, quoted, tagged
+from relay.mda.imap.tokens import ErrorKind
 
 # Bad commands in a row before we hang up (Dovecot's CLIENT_MAX_BAD_COMMANDS).
 MAX_BAD_COMMANDS = 20
@@ -484,7 +487,7 @@ class ImapMachine:
             self._send(tagged(cmd.tag, "NO", T_PLAINTEXT, "PRIVACYREQUIRED"))
             return
         args = cmd.args
-        assert isinstance(args, parser.Login)
+        assert isinstance(args, arguments.Login)
         self._ask_login(cmd.tag, args.user, args.password, "LOGIN")
 
     def _ask_login(self, tag: str, user: str, password: str, mechanism: str) -> None:
@@ -494,7 +497,7 @@ class ImapMachine:
 
     def _authenticate(self, cmd: Command) -> None:
         args = cmd.args
-        assert isinstance(args, parser.Authenticate)
+        assert isinstance(args, arguments.Authenticate)
         if args.mechanism not in MECHANISMS:
             self._send(tagged(cmd.tag, "NO", "Unsupported authentication mechanism", "CANNOT"))
             return

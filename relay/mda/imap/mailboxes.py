@@ -8,7 +8,7 @@ the hierarchy delimiter is "/". Each function writes untagged responses to `out`
 returns the tagged completion; store errors become RFC 5530 codes (context.store_error).
 
 Blocking: runs in the session's worker thread. Imports: stdlib, relay.mda.store,
-relay.mda.imap.{context,parser,responses,selected}.
+relay.mda.imap.{arguments,context,responses,selected}.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from relay.mda.imap import parser
+from relay.mda.imap import arguments
+from relay.mda.imap.arguments import Command
 from relay.mda.imap.context import Context, store_error
-from relay.mda.imap.parser import Command
 from relay.mda.imap.responses import (
     ALREADY_EXISTS,
     TRY_CREATE,
@@ -47,7 +47,7 @@ def create(ctx: Context, cmd: Command, out: Output) -> Done:
     """CREATE (RFC 3501 §6.3.3): superiors are created too; a trailing delimiter only
     says inferiors will follow, so it is dropped."""
     args = cmd.args
-    assert isinstance(args, parser.Create)
+    assert isinstance(args, arguments.Create)
     if args.special_use:
         # RFC 6154 §3: CREATE-SPECIAL-USE is not offered; refuse the attribute.
         return no("Special-use attributes cannot be set", "USEATTR")
@@ -61,7 +61,7 @@ def create(ctx: Context, cmd: Command, out: Output) -> Done:
 def delete(ctx: Context, cmd: Command, out: Output) -> Done:
     """DELETE (RFC 3501 §6.3.4); a mailbox with inferiors is refused ([HASCHILDREN])."""
     args = cmd.args
-    assert isinstance(args, parser.MailboxName)
+    assert isinstance(args, arguments.MailboxName)
     ctx.account.delete(args.mailbox)
     transition = _deselect(ctx, out) if ctx.is_selected(args.mailbox) else None
     return ok("DELETE completed", transition=transition)
@@ -70,7 +70,7 @@ def delete(ctx: Context, cmd: Command, out: Output) -> Done:
 def rename(ctx: Context, cmd: Command, out: Output) -> Done:
     """RENAME (RFC 3501 §6.3.5); inferiors follow; renaming INBOX moves its messages."""
     args = cmd.args
-    assert isinstance(args, parser.Rename)
+    assert isinstance(args, arguments.Rename)
     moves_selected = args.old.upper() != "INBOX" and ctx.is_selected(args.old, inferiors=True)
     ctx.account.rename(args.old, args.new)
     transition = _deselect(ctx, out) if moves_selected else None
@@ -80,7 +80,7 @@ def rename(ctx: Context, cmd: Command, out: Output) -> Done:
 def subscribe(ctx: Context, cmd: Command, out: Output) -> Done:
     """SUBSCRIBE / UNSUBSCRIBE (RFC 3501 §6.3.6-7)."""
     args = cmd.args
-    assert isinstance(args, parser.MailboxName)
+    assert isinstance(args, arguments.MailboxName)
     ctx.account.subscribe(args.mailbox, cmd.name == "SUBSCRIBE")
     return ok(f"{cmd.name} completed")
 
@@ -113,7 +113,7 @@ def _line(command: str, attrs: Iterable[str], name: str, extra: bytes = b"") -> 
 def list_mailboxes(ctx: Context, cmd: Command, out: Output) -> Done:
     """LIST (RFC 3501 §6.3.8, RFC 5258 selection and return options) and LSUB (§6.3.9)."""
     q = cmd.args
-    assert isinstance(q, parser.ListQuery)
+    assert isinstance(q, arguments.ListQuery)
     if q.patterns == ("",) and not q.selection:
         # RFC 3501 §6.3.8: an empty pattern asks for the delimiter and the root.
         out.write(f"* {cmd.name} (\\Noselect) {DELIMITER} \"\"\r\n".encode())
@@ -198,7 +198,7 @@ def status(ctx: Context, cmd: Command, out: Output) -> Done:
     """STATUS (RFC 3501 §6.3.10; HIGHESTMODSEQ RFC 7162 §3.1.6, SIZE RFC 8438, DELETED
     RFC 9051, APPENDLIMIT RFC 7889)."""
     args = cmd.args
-    assert isinstance(args, parser.Status)
+    assert isinstance(args, arguments.Status)
     if "HIGHESTMODSEQ" in args.items:
         ctx.enable_condstore(out)
     try:
@@ -234,7 +234,7 @@ def append(ctx: Context, cmd: Command, out: Output) -> Done:
     when this session has the mailbox selected (read-write), else for the next session
     to select it."""
     args = cmd.args
-    assert isinstance(args, parser.Append)
+    assert isinstance(args, arguments.Append)
     try:
         folder = (ctx.selected.folder if ctx.selected is not None
                   and ctx.is_selected(args.mailbox) else ctx.account.folder(args.mailbox))

@@ -10,7 +10,7 @@ Malformed MIME never raises: like Dovecot, a missing boundary makes a multipart 
 text/plain part, an unknown Content-Type falls back to RFC 2045 §5.2's text/plain, a header
 without its blank line is all header, a part nested deeper than MAX_DEPTH is opaque.
 
-Imports: stdlib only (+ relay.mda.imap.parser for the Section type).
+Imports: stdlib only (+ relay.mda.imap.fetch_items for the Section type).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import email.utils
 import re
 from collections.abc import Iterator
 
-from relay.mda.imap.parser import Section, parse_section
+from relay.mda.imap.fetch_items import Section, parse_section
 
 # Parts nested deeper than this are treated as opaque leaves (bounds recursion on hostile mail).
 MAX_DEPTH = 48

@@ -11,17 +11,17 @@ process has seen the headers.
 
 Blocking: runs in the session's worker thread (STORE of system flags and SEARCH from
 memory also on the event loop: commands.inline). Imports: stdlib, relay.mda.store,
-relay.mda.imap.{context,parser,responses,search,selected}.
+relay.mda.imap.{arguments,context,responses,search,search_keys,selected,sequence_set}.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 
-from relay.mda.imap import parser
+from relay.mda.imap import arguments
+from relay.mda.imap.arguments import Command
 from relay.mda.imap.context import Context
 from relay.mda.imap.message import Message
-from relay.mda.imap.parser import Command, SearchKey, SequenceSet
 from relay.mda.imap.responses import (
     EXPUNGE_ISSUED,
     READ_ONLY,
@@ -32,11 +32,13 @@ from relay.mda.imap.responses import (
     sequence_set,
 )
 from relay.mda.imap.search import compile_program
+from relay.mda.imap.search_keys import SearchKey
 from relay.mda.imap.selected import Output, SelectedMailbox
+from relay.mda.imap.sequence_set import SequenceSet
 from relay.mda.store import StoreError
 
-_MODES = {parser.StoreMode.ADD: "+", parser.StoreMode.REMOVE: "-",
-          parser.StoreMode.REPLACE: "="}
+_MODES = {arguments.StoreMode.ADD: "+", arguments.StoreMode.REMOVE: "-",
+          arguments.StoreMode.REPLACE: "="}
 _ESEARCH_OPTIONS = frozenset({"MIN", "MAX", "ALL", "COUNT"})
 _EMPTY = Message(b"")
 
@@ -44,7 +46,7 @@ _EMPTY = Message(b"")
 def store(ctx: Context, cmd: Command, out: Output) -> Done:
     """STORE: change flags, then report each message's flags (unless .SILENT)."""
     selected, args = _selected(ctx), cmd.args
-    assert isinstance(args, parser.Store)
+    assert isinstance(args, arguments.Store)
     if selected.readonly:
         return READ_ONLY
     targets = selected.resolve(args.sequence, cmd.uid)
@@ -77,7 +79,7 @@ def copy(ctx: Context, cmd: Command, out: Output) -> Done:
     The copies are \\Recent (RFC 3501 §6.4.7): here when this session has the target
     selected (read-write), else for the next session to select it."""
     selected, args = _selected(ctx), cmd.args
-    assert isinstance(args, parser.Copy)
+    assert isinstance(args, arguments.Copy)
     move = cmd.name == "MOVE"
     if move and selected.readonly:
         return READ_ONLY
@@ -112,7 +114,7 @@ def expunge(ctx: Context, cmd: Command, out: Output) -> Done:
         return READ_ONLY
     uids = None
     if cmd.uid:
-        assert isinstance(args, parser.Expunge) and args.sequence is not None
+        assert isinstance(args, arguments.Expunge) and args.sequence is not None
         uids = [u for _, u in selected.resolve(args.sequence, True)]
     before = selected.uids
     selected.expunged(selected.folder.expunge(uids), out, before)
@@ -122,7 +124,7 @@ def expunge(ctx: Context, cmd: Command, out: Output) -> Done:
 def search(ctx: Context, cmd: Command, out: Output) -> Done:
     """SEARCH: "* SEARCH n ..." (or "* ESEARCH" when RETURN options were given)."""
     selected, args = _selected(ctx), cmd.args
-    assert isinstance(args, parser.Search)
+    assert isinstance(args, arguments.Search)
     if _uses_saved(args.key):
         return bad("$ needs SEARCHRES, which is not supported")  # RFC 5182
     options = set(args.return_options or ())

@@ -16,7 +16,8 @@ the per-message work is a few comparisons. INTERNALDATE is a POSIX time there an
 date is taken in UTC, as the server's MessageInfo always gives it. \\Recent is not among
 stored flags there: RECENT, OLD and NEW ask the session's `recent` (uid -> bool).
 
-Imports: stdlib only, relay.mda.imap.parser and .message. No clock: `now` is a parameter.
+Imports: stdlib only, relay.mda.imap.{message,search_keys,sequence_set}. No clock: `now` is a
+parameter.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from relay.mda.imap.message import Message
-from relay.mda.imap.parser import SearchKey, SequenceSet
+from relay.mda.imap.search_keys import SearchKey
+from relay.mda.imap.sequence_set import SequenceSet
 
 
 @dataclass(frozen=True, slots=True)

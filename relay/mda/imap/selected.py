@@ -23,7 +23,7 @@ fields) read just the header, from the index's header cache when it has it. SEAR
 header fields reads decoded, case-folded field values kept per folder (`columns`).
 
 Blocking (the Folder reads files and the index): runs in the session's worker thread.
-Imports: stdlib, relay.mda.store, relay.mda.imap.{message,parser,responses}.
+Imports: stdlib, relay.mda.store, relay.mda.imap.{message,responses,sequence_set}.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from collections.abc import Iterable
 from typing import Protocol
 
 from relay.mda.imap.message import Message
-from relay.mda.imap.parser import SequenceSet
 from relay.mda.imap.responses import SYSTEM_FLAGS, flag_list
+from relay.mda.imap.sequence_set import SequenceSet
 from relay.mda.store import Folder, StoreError, StoreErrorKind
 from relay.mda.store import Message as Stored
 

@@ -19,14 +19,14 @@ Messages are addressed in events by their 0-based position in the list given to
 
 Trust: everything received is hostile; no input may raise out of this module. The glue
 is trusted: answering a decision that was not asked is a bug and raises UsageError.
-Imports: stdlib, relay.auth.sasl (the SASL steps; itself a sans-I/O machine).
+Imports: stdlib, relay.mda.pop3.{events,replies}, relay.auth.sasl (the SASL steps; itself a
+sans-I/O machine).
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from relay.auth.sasl import (
     MECHANISMS,
@@ -35,6 +35,16 @@ from relay.auth.sasl import (
     SaslErrorKind,
     SaslExchange,
     SaslResult,
+)
+from relay.mda.pop3 import replies as R
+from relay.mda.pop3.events import (
+    Authenticate,
+    Closed,
+    Event,
+    NeedMessage,
+    Signal,
+    StartTls,
+    Update,
 )
 
 # RFC 2449 §4: command lines up to 255 octets including CRLF.
@@ -53,27 +63,6 @@ MAX_AUTH_FAILURES = 3
 MAX_UID = 70
 # Message numbers longer than this cannot exist; refuse before int() sees them.
 MAX_NUMBER_DIGITS = 10
-MAX_REASON = 200
-
-GREETING = b"+OK relay POP3 ready\r\n"  # RFC 1939 §4 (no APOP timestamp: APOP unsupported)
-SIGNING_OFF = "relay POP3 server signing off"  # RFC 1939 §6
-IMPLEMENTATION = "relay"  # RFC 2449 §6.9
-
-# -ERR texts, one place (RFC 1939 leaves the text to the server).
-E_UNKNOWN = "unknown command"
-E_STATE = "command not valid in this state"  # RFC 1939 §3: commands per state
-E_SYNTAX = "syntax error"
-E_LINE_TOO_LONG = "line too long"  # RFC 2449 §4
-E_GARBAGE = "line too long, closing connection"
-E_TOO_MANY_ERRORS = "too many errors, closing connection"
-E_PLAINTEXT = "[AUTH] plaintext authentication disabled"  # RFC 3206 §4, RFC 2595 §4
-E_NEED_USER = "send USER first"  # RFC 1939 §7: PASS only right after USER
-E_APOP = "APOP not supported"
-E_BAD_NUMBER = "invalid message number"
-E_NO_MESSAGE = "no such message"
-E_TLS_ACTIVE = "command not permitted when TLS active"  # RFC 2595 §4
-E_TLS_UNAVAILABLE = "STLS not available"
-E_UPDATE_FAILED = "some deleted messages not removed"  # RFC 1939 §6
 
 
 class UsageError(RuntimeError):
@@ -87,63 +76,6 @@ class State(enum.Enum):
     CLOSED = "closed"
 
 
-class Signal(enum.Enum):
-    NEED_DATA = "need_data"  # nothing more to do until receive_data()
-    PAUSED = "paused"  # waiting for the glue to answer the last decision event
-
-
-@dataclass(frozen=True, slots=True)
-class Authenticate:
-    """Decision: are these credentials good? mechanism is "USER", "PLAIN" or "LOGIN".
-
-    Answer auth_ok() (then open_maildrop) or auth_failed(reason, temporary, in_use).
-    """
-
-    user: str
-    password: str
-    mechanism: str
-
-    def __repr__(self) -> str:
-        return f"Authenticate(user={self.user!r}, password=<hidden>, mechanism={self.mechanism!r})"
-
-
-@dataclass(frozen=True, slots=True)
-class NeedMessage:
-    """Decision: RETR (top_lines None) or TOP (top_lines body lines) wants the octets of
-    message `index` (0-based in the open_maildrop list; `uid` is its unique-id).
-    Answer message(data) or message_failed(reason)."""
-
-    index: int
-    uid: str
-    top_lines: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class StartTls:
-    """The "+OK Begin TLS negotiation" is in the outbox: write it, upgrade, tls_started()."""
-
-
-@dataclass(frozen=True, slots=True)
-class Update:
-    """Decision: QUIT in TRANSACTION (RFC 1939 §6). Remove the messages at `deleted`
-    (0-based, ascending; `uids` in the same order), release the lock, answer update_done(ok).
-    Sent even when nothing was deleted, so the glue has one place to release the lock."""
-
-    deleted: tuple[int, ...]
-    uids: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Closed:
-    """The session is over: write data_to_send(), then close. by_peer: the client left
-    without QUIT (RFC 1939 §6: no UPDATE, deletions are forgotten)."""
-
-    by_peer: bool
-
-
-Event = Authenticate | NeedMessage | StartTls | Update | Closed | Signal
-
-
 class _Pending(enum.Enum):
     NONE = 0
     AUTH = 1  # Authenticate emitted
@@ -151,12 +83,6 @@ class _Pending(enum.Enum):
     MESSAGE = 3  # NeedMessage emitted
     TLS = 4  # StartTls emitted
     UPDATE = 5  # Update emitted
-
-
-def _clean(text: str) -> str:
-    """Glue-supplied text made safe for one response line (no CR/LF or controls)."""
-    text = "".join(c if " " <= c < "\x7f" or c > "\x9f" else " " for c in text)
-    return text[:MAX_REASON]
 
 
 class Pop3Machine:
@@ -198,7 +124,7 @@ class Pop3Machine:
 
     def greeting(self) -> bytes:
         """RFC 1939 §4: the +OK the glue writes when the connection is accepted."""
-        return GREETING
+        return R.GREETING
 
     def receive_data(self, data: bytes) -> None:
         """Append octets from the peer; b"" means the peer closed its side."""
@@ -257,7 +183,7 @@ class Pop3Machine:
         self._pending = _Pending.NONE
         self.user = ""
         code = "IN-USE" if in_use else "SYS/TEMP" if temporary else "AUTH"
-        self._err(f"[{code}] {_clean(reason)}")
+        self._err(f"[{code}] {R.clean(reason)}")
         self.auth_failures += 1
         if self.auth_failures >= MAX_AUTH_FAILURES:
             self._close()
@@ -296,14 +222,14 @@ class Pop3Machine:
             end = len(data)
         else:
             self._ok("top of message follows")  # RFC 1939 §7 TOP
-            end = _top_end(data, wanted.top_lines)
-        _dot_stuff(data, end, self._out)
+            end = R.top_end(data, wanted.top_lines)
+        R.dot_stuff(data, end, self._out)
 
     def message_failed(self, reason: str) -> None:
         """The pending NeedMessage cannot be served (file vanished, I/O error)."""
         self._take(_Pending.MESSAGE)
         self._wanted = None
-        self._err(_clean(reason))
+        self._err(R.clean(reason))
 
     def tls_started(self) -> None:
         """RFC 2595 §4: the TLS handshake finished. Plaintext received before it is
@@ -319,9 +245,9 @@ class Pop3Machine:
         """The glue finished the UPDATE state (RFC 1939 §6): answer QUIT and close."""
         self._take(_Pending.UPDATE)
         if ok:
-            self._ok(SIGNING_OFF)
+            self._ok(R.SIGNING_OFF)
         else:
-            self._err(E_UPDATE_FAILED)
+            self._err(R.E_UPDATE_FAILED)
         self._close()
 
     def close(self, reason: str | None = None) -> None:
@@ -330,7 +256,7 @@ class Pop3Machine:
         if self.state is State.CLOSED:
             return
         if reason is not None:
-            self._err(_clean(reason))
+            self._err(R.clean(reason))
         self._pending = _Pending.NONE
         self._close()
 
@@ -352,7 +278,7 @@ class Pop3Machine:
         """A client error: "-ERR text"; too many of them end the session."""
         self.errors += 1
         if self.errors >= MAX_ERRORS:
-            self._err(E_TOO_MANY_ERRORS)
+            self._err(R.E_TOO_MANY_ERRORS)
             self._close()
         else:
             self._err(text)
@@ -379,7 +305,7 @@ class Pop3Machine:
                 self._discarding += len(buf)
                 del buf[:]
                 if self._discarding > MAX_GARBAGE:
-                    self._err(E_GARBAGE)
+                    self._err(R.E_GARBAGE)
                     self._close()
                     return True
                 return False
@@ -412,7 +338,7 @@ class Pop3Machine:
         if self._sasl is not None:
             self._sasl = None  # the exchange cannot continue without that line
         self._user_arg = None
-        self._error(E_LINE_TOO_LONG)
+        self._error(R.E_LINE_TOO_LONG)
 
     def _command(self, line: bytes) -> None:
         verb, _, arg = line.partition(b" ")
@@ -420,11 +346,11 @@ class Pop3Machine:
         self._prev_user, self._user_arg = self._user_arg, None
         entry = _COMMANDS.get(verb.upper())
         if entry is None:
-            self._error(E_UNKNOWN)
+            self._error(R.E_UNKNOWN)
             return
         handler, states = entry
         if self.state not in states:
-            self._error(E_STATE)
+            self._error(R.E_STATE)
             return
         handler(self, arg)
 
@@ -432,27 +358,27 @@ class Pop3Machine:
 
     def _user(self, arg: bytes) -> None:
         if not self.plaintext_allowed:
-            return self._error(E_PLAINTEXT)
+            return self._error(R.E_PLAINTEXT)
         name = _text(arg.strip(b" "))
         if not name or " " in name:
-            return self._error(E_SYNTAX)
+            return self._error(R.E_SYNTAX)
         self._user_arg = name
         self._ok("send PASS")
 
     def _pass(self, arg: bytes) -> None:
         if not self.plaintext_allowed:
-            return self._error(E_PLAINTEXT)
+            return self._error(R.E_PLAINTEXT)
         user = self._prev_user
         if user is None:
-            return self._error(E_NEED_USER)
+            return self._error(R.E_NEED_USER)
         # RFC 1939 §7: PASS has exactly one argument, so spaces belong to the password.
         password = _text(arg)
         if not password:
-            return self._error(E_SYNTAX)
+            return self._error(R.E_SYNTAX)
         self._authenticate(Credentials(user, password, "USER"))
 
     def _apop(self, arg: bytes) -> None:
-        self._error(E_APOP)
+        self._error(R.E_APOP)
 
     def _auth(self, arg: bytes) -> None:
         args = arg.split()
@@ -463,13 +389,13 @@ class Pop3Machine:
                              + b".\r\n")
             return
         if len(args) > 2:
-            return self._error(E_SYNTAX)
+            return self._error(R.E_SYNTAX)
         mechanism = _text(args[0]).upper()
         if mechanism not in MECHANISMS:
             return self._error(SaslErrorKind.UNSUPPORTED_MECHANISM.value)
         if not self.plaintext_allowed:
             # PLAIN and LOGIN carry the password itself: same rule as USER/PASS.
-            return self._error(E_PLAINTEXT)
+            return self._error(R.E_PLAINTEXT)
         exchange = SaslExchange()
         # RFC 5034 §4: optional initial response, "=" for an empty one.
         self._sasl_result(exchange, exchange.start(mechanism, args[1] if len(args) == 2
@@ -501,11 +427,11 @@ class Pop3Machine:
 
     def _stls(self, arg: bytes) -> None:
         if arg:
-            return self._error(E_SYNTAX)
+            return self._error(R.E_SYNTAX)
         if self.tls_active:
-            return self._error(E_TLS_ACTIVE)
+            return self._error(R.E_TLS_ACTIVE)
         if not self.tls_available:
-            return self._error(E_TLS_UNAVAILABLE)
+            return self._error(R.E_TLS_UNAVAILABLE)
         # RFC 2595 §4 / CVE-2011-0411: nothing pipelined after STLS survives it.
         del self._buf[:]
         self._ok("Begin TLS negotiation")
@@ -517,7 +443,7 @@ class Pop3Machine:
     def _capa(self, arg: bytes) -> None:
         """RFC 2449 §5: capabilities; those usable only before login are listed only then."""
         if arg:
-            return self._error(E_SYNTAX)
+            return self._error(R.E_SYNTAX)
         caps = ["TOP", "UIDL"]
         before_login = self.state is State.AUTHORIZATION
         if before_login and self.plaintext_allowed:
@@ -526,13 +452,13 @@ class Pop3Machine:
         caps += ["RESP-CODES", "AUTH-RESP-CODE", "PIPELINING"]  # RFC 2449 §6.4/6.6, RFC 3206
         if before_login and self.tls_available and not self.tls_active:
             caps.append("STLS")  # RFC 2595 §4
-        caps.append(f"IMPLEMENTATION {IMPLEMENTATION}")  # RFC 2449 §6.9
+        caps.append(f"IMPLEMENTATION {R.IMPLEMENTATION}")  # RFC 2449 §6.9
         self._multiline("Capability list follows", caps)
 
     def _quit(self, arg: bytes) -> None:
         if self.state is State.AUTHORIZATION:
             # RFC 1939 §4: QUIT before login ends the session without UPDATE.
-            self._ok(SIGNING_OFF)
+            self._ok(R.SIGNING_OFF)
             self._close()
             return
         # RFC 1939 §6: enter UPDATE; the glue removes the deleted messages.
@@ -546,11 +472,11 @@ class Pop3Machine:
     def _number(self, arg: bytes) -> int | None:
         """A message number argument as a 0-based index, or None after answering -ERR."""
         if not arg.isdigit() or len(arg) > MAX_NUMBER_DIGITS:
-            self._error(E_BAD_NUMBER)
+            self._error(R.E_BAD_NUMBER)
             return None
         n = int(arg)
         if not 1 <= n <= len(self._uids):
-            self._error(E_NO_MESSAGE)
+            self._error(R.E_NO_MESSAGE)
             return None
         if n - 1 in self._deleted:
             self._error(f"message {n} already deleted")  # RFC 1939 §5
@@ -560,7 +486,7 @@ class Pop3Machine:
     def _one_number(self, arg: bytes) -> int | None:
         args = arg.split()
         if len(args) != 1:
-            self._error(E_SYNTAX)
+            self._error(R.E_SYNTAX)
             return None
         return self._number(args[0])
 
@@ -569,14 +495,14 @@ class Pop3Machine:
 
     def _stat(self, arg: bytes) -> None:
         if arg.strip():
-            return self._error(E_SYNTAX)
+            return self._error(R.E_SYNTAX)
         live = self._live()
         self._ok(f"{len(live)} {sum(self._sizes[i] for i in live)}")  # RFC 1939 §5 drop listing
 
     def _list(self, arg: bytes) -> None:
         args = arg.split()
         if len(args) > 1:
-            return self._error(E_SYNTAX)
+            return self._error(R.E_SYNTAX)
         if args:
             index = self._number(args[0])
             if index is not None:
@@ -589,7 +515,7 @@ class Pop3Machine:
     def _uidl(self, arg: bytes) -> None:
         args = arg.split()
         if len(args) > 1:
-            return self._error(E_SYNTAX)
+            return self._error(R.E_SYNTAX)
         if args:
             index = self._number(args[0])
             if index is not None:
@@ -606,10 +532,10 @@ class Pop3Machine:
     def _top(self, arg: bytes) -> None:
         args = arg.split()
         if len(args) != 2:
-            return self._error(E_SYNTAX)
+            return self._error(R.E_SYNTAX)
         # RFC 1939 §7: the line count must be non-negative.
         if not args[1].isdigit() or len(args[1]) > MAX_NUMBER_DIGITS:
-            return self._error(E_SYNTAX)
+            return self._error(R.E_SYNTAX)
         index = self._number(args[0])
         if index is not None:
             self._need(index, int(args[1]))
@@ -627,13 +553,13 @@ class Pop3Machine:
 
     def _rset(self, arg: bytes) -> None:
         if arg.strip():
-            return self._error(E_SYNTAX)
+            return self._error(R.E_SYNTAX)
         self._deleted.clear()  # RFC 1939 §5: unmark every message
         self._ok(f"maildrop has {len(self._uids)} messages ({sum(self._sizes)} octets)")
 
     def _noop(self, arg: bytes) -> None:
         if arg.strip():
-            return self._error(E_SYNTAX)
+            return self._error(R.E_SYNTAX)
         self._ok()
 
 
@@ -646,71 +572,6 @@ def _text(raw: bytes) -> str:
     if any(c < " " or c == "\x7f" for c in text):
         return ""
     return text
-
-
-def _top_end(data: bytes, body_lines: int) -> int:
-    """RFC 1939 §7 TOP: offset just past the header, the blank line and `body_lines` lines."""
-    size = len(data)
-    # The header ends at the first empty line (RFC 5322 §2.1); it may be the first line.
-    if data.startswith(b"\n"):
-        pos = 1
-    elif data.startswith(b"\r\n"):
-        pos = 2
-    else:
-        lf_lf = data.find(b"\n\n")
-        lf_crlf = data.find(b"\n\r\n")
-        ends = [p for p in (lf_lf + 2 if lf_lf >= 0 else -1, lf_crlf + 3 if lf_crlf >= 0 else -1)
-                if p >= 0]
-        if not ends:
-            return size  # no body: the whole message is header
-        pos = min(ends)
-    if data.count(b"\n", pos) < body_lines:
-        return size  # fewer body lines than asked for
-    for _ in range(body_lines):
-        nl = data.find(b"\n", pos)
-        if nl < 0:
-            return size
-        pos = nl + 1
-    return pos
-
-
-def _dot_stuff(data: bytes, end: int, out: list[bytes | memoryview]) -> None:
-    """Append data[:end] to `out` as a multi-line body (RFC 1939 §3), then ".\r\n".
-
-    Appends slices (memoryviews) of `data` with the stuffing dots between them, so
-    nothing is copied here. A body not ending in a line break gets CRLF before the ".".
-    """
-    view = memoryview(data)
-    if end and data.count(b"\n", 0, end) == data.count(b"\r\n", 0, end):
-        # Fast path, every line already ends in CRLF: cut only where a line starts
-        # with "." and insert one more.
-        if data.startswith(b".", 0, end):
-            out.append(b".")
-        start = 0
-        pos = data.find(b"\n.", 0, end)
-        while pos >= 0:
-            out.append(view[start:pos + 1])
-            out.append(b".")
-            start = pos + 1
-            pos = data.find(b"\n.", start, end)
-        out.append(view[start:end])
-        if not data.endswith(b"\r\n", 0, end):
-            out.append(b"\r\n")
-    else:
-        # Bare LF present (Maildir written by a Unix tool): rebuild line by line.
-        start = 0
-        while start < end:
-            nl = data.find(b"\n", start, end)
-            stop = end if nl < 0 else nl
-            # Drop the CR of a CRLF; a CR not followed by LF is data and stays.
-            crlf = nl >= 0 and stop > start and data[stop - 1] == 0x0D
-            content_end = stop - 1 if crlf else stop
-            if data[start] == 0x2E:  # "."
-                out.append(b".")
-            out.append(view[start:content_end])
-            out.append(b"\r\n")
-            start = stop + 1
-    out.append(b".\r\n")
 
 
 # verb -> (handler, states in which it is valid); RFC 1939 §9 command summary.

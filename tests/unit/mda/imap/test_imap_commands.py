@@ -16,8 +16,9 @@ import pytest
 
 from relay.mda import index as index_module
 from relay.mda.imap import commands
+from relay.mda.imap.arguments import Command
 from relay.mda.imap.context import Context
-from relay.mda.imap.parser import Command, CommandReader
+from relay.mda.imap.parser import CommandReader
 from relay.mda.imap.responses import Transition
 from relay.mda.maildir import MaildirStore
 from relay.mda.store import Folder, MailStore

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from relay.mda.imap.fetch_items import Section
 from relay.mda.imap.message import (
     Message,
     bodystructure,
@@ -21,7 +22,6 @@ from relay.mda.imap.message import (
     partial,
     section,
 )
-from relay.mda.imap.parser import Section
 
 # ---- builders -------------------------------------------------------------------------------
 

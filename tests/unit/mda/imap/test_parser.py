@@ -10,41 +10,40 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from relay.mda.imap.parser import (
-    COMMAND_ARGS,
-    LITERAL_MINUS_MAX,
+from relay.mda.imap.arguments import (
     Append,
     AppendMessage,
     Authenticate,
     Command,
-    CommandReader,
     Copy,
     Create,
     Enable,
-    ErrorKind,
     Expunge,
     Fetch,
-    FetchItem,
     Id,
     ListQuery,
     Login,
     MailboxName,
-    NeedLiteral,
-    ParseError,
     QuotaRoot,
-    ReaderStateError,
     Rename,
     Search,
-    SearchKey,
-    Section,
     Select,
-    SequenceSet,
     Status,
     Store,
     StoreMode,
-    parse_section,
-    parse_sequence_set,
 )
+from relay.mda.imap.fetch_items import FetchItem, Section, parse_section
+from relay.mda.imap.grammar import COMMAND_ARGS, KNOWN_COMMANDS
+from relay.mda.imap.parser import (
+    LITERAL_MINUS_MAX,
+    CommandReader,
+    NeedLiteral,
+    ParseError,
+    ReaderStateError,
+)
+from relay.mda.imap.search_keys import SearchKey
+from relay.mda.imap.sequence_set import SequenceSet, parse_sequence_set
+from relay.mda.imap.tokens import ErrorKind
 
 Result = Command | NeedLiteral | ParseError
 
@@ -107,8 +106,6 @@ def test_done_ends_idle() -> None:
 
 
 def test_every_command_has_an_args_type() -> None:
-    from relay.mda.imap.parser import KNOWN_COMMANDS
-
     assert set(COMMAND_ARGS) == (KNOWN_COMMANDS - {"UID"}) | {"DONE"}
 
 

@@ -7,9 +7,12 @@ import datetime as dt
 
 import pytest
 
+from relay.mda.imap.arguments import Search
 from relay.mda.imap.message import Message
-from relay.mda.imap.parser import CommandReader, Search, SearchKey, SequenceSet
+from relay.mda.imap.parser import CommandReader
 from relay.mda.imap.search import MessageInfo, compile_program, matches, needs_message
+from relay.mda.imap.search_keys import SearchKey
+from relay.mda.imap.sequence_set import SequenceSet
 from relay.mda.store import Message as Stored
 
 UTC = dt.UTC

@@ -14,20 +14,22 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from relay.mda.pop3.events import (
+    Authenticate,
+    Closed,
+    Event,
+    NeedMessage,
+    Signal,
+    StartTls,
+    Update,
+)
 from relay.mda.pop3.machine import (
     MAX_AUTH_FAILURES,
     MAX_ERRORS,
     MAX_GARBAGE,
     MAX_LINE,
-    Authenticate,
-    Closed,
-    Event,
-    NeedMessage,
     Pop3Machine,
-    Signal,
-    StartTls,
     State,
-    Update,
     UsageError,
 )
 
