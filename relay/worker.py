@@ -12,6 +12,8 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import uvloop
 
@@ -24,7 +26,8 @@ from relay.delivery.mx import MxResolver
 from relay.delivery.pool import OutboundPool
 from relay.delivery.route import Router
 from relay.delivery.scheduler import DeliveryScheduler, Policy
-from relay.auth.throttle import ConnectionLimiter
+from relay.auth.throttle import ConnectionLimiter, client_key
+from relay.glue import ListenerBase, SessionGlue
 from relay.mda.imap.session import ImapListener, ImapSession
 from relay.auth.login import Authenticator
 from relay.auth.cache import LoginCache
@@ -85,6 +88,11 @@ async def _serve(config: Config, index: int) -> None:
     intake = Intake(config.server.hostname, committer, ids,
                     scheduler.submit if config.delivery.enabled else None)
 
+    limits = config.limits
+
+    def limiter(key: Callable[[str], str] = client_key) -> ConnectionLimiter:
+        return ConnectionLimiter(limits.max_connections, limits.max_connections_per_ip, key)
+
     def smtp_listener(name: str) -> Listener:
         """smtp (25): AUTH offered after STARTTLS; submission (587, STARTTLS) and
         submissions (465, implicit TLS, RFC 8314): AUTH required before MAIL (RFC 6409)."""
@@ -100,18 +108,32 @@ async def _serve(config: Config, index: int) -> None:
                                   auth_required=submission),
             policy=policy, intake=intake,
             relay_networks=config.relay.relay_networks,
-            idle_timeout=config.limits.idle_timeout,
-            max_connections=config.limits.max_connections,
-            max_per_ip=config.limits.max_connections_per_ip,
+            idle_timeout=limits.idle_timeout,
+            handshake_timeout=limits.idle_timeout,
+            limiter=limiter(key=str),  # per address (IMAP and POP3: IPv6 per /64)
             tls_context=tls_context,
             auth=authenticator,
             implicit_tls=name == "submissions",
             name=name,
         )
 
+    def mda_listener(name: str) -> ListenerBase:
+        """imap/pop3 (STARTTLS, STLS) and imaps/pop3s (implicit TLS, RFC 8314)."""
+        kind = ImapListener if name.startswith("imap") else Pop3Listener
+        return kind(store=mail, auth=authenticator, limiter=limiter(),
+                    tls_context=tls_context, implicit_tls=name.endswith("s"),
+                    allow_plaintext=config.mda.allow_plaintext_auth)
+
+    # (name, listener for it, session class); servers are bound in this order.
+    protocols: list[tuple[str, Callable[[str], Any], Callable[[Any], SessionGlue]]] = [
+        ("smtp", smtp_listener, SmtpSession), ("submission", smtp_listener, SmtpSession),
+        ("submissions", smtp_listener, SmtpSession),
+        ("pop3", mda_listener, Pop3Session), ("pop3s", mda_listener, Pop3Session),
+        ("imap", mda_listener, ImapSession), ("imaps", mda_listener, ImapSession)]
     smtp_endpoints = {name: getattr(config.listen, name)
                       for name in ("smtp", "submission", "submissions")}
-    listeners: list[Listener] = []
+    # Drained at a graceful stop: SMTP's (IMAP and POP3 sessions end with the process).
+    listeners: list[ListenerBase] = []
     metrics.BUILD_INFO.labels(version=_version(), parser=_fast.IMPLEMENTATION).set(1)
 
     def queue_counts() -> dict[str, int]:
@@ -123,40 +145,21 @@ async def _serve(config: Config, index: int) -> None:
     delivering = loop.create_task(scheduler.run() if config.delivery.enabled
                                   else asyncio.sleep(0))
     try:
-        for name, endpoints in smtp_endpoints.items():
+        for name, make_listener, session in protocols:
+            endpoints = getattr(config.listen, name)
             if not endpoints:
                 continue
-            listener = smtp_listener(name)
-            listeners.append(listener)
+            listener = make_listener(name)
+            if listener.implicit_tls and tls_context is None:
+                raise OSError(f"{name} on {', '.join(map(str, endpoints))} needs a TLS "
+                              "certificate")
+            if session is SmtpSession:
+                listeners.append(listener)
             for ep in endpoints:
                 servers.append(await loop.create_server(
-                    lambda listener=listener: SmtpSession(listener), ep.host, ep.port,
-                    reuse_port=True, backlog=BACKLOG,
+                    lambda listener=listener, session=session: session(listener),
+                    ep.host, ep.port, reuse_port=True, backlog=BACKLOG,
                     ssl=tls_context if listener.implicit_tls else None))
-        for ep, implicit in [(e, False) for e in config.listen.pop3] + \
-                [(e, True) for e in config.listen.pop3s]:
-            if implicit and tls_context is None:
-                raise OSError(f"pop3s on {ep} needs a TLS certificate")
-            pop3 = Pop3Listener(store=mail, auth=authenticator,
-                                limiter=ConnectionLimiter(config.limits.max_connections,
-                                                          config.limits.max_connections_per_ip),
-                                tls_context=tls_context, implicit_tls=implicit,
-                                allow_plaintext=config.mda.allow_plaintext_auth)
-            servers.append(await loop.create_server(
-                lambda pop3=pop3: Pop3Session(pop3), ep.host, ep.port, reuse_port=True,
-                backlog=BACKLOG, ssl=tls_context if implicit else None))
-        for ep, implicit in [(e, False) for e in config.listen.imap] + \
-                [(e, True) for e in config.listen.imaps]:
-            if implicit and tls_context is None:
-                raise OSError(f"imaps on {ep} needs a TLS certificate")
-            imap = ImapListener(store=mail, auth=authenticator,
-                                limiter=ConnectionLimiter(config.limits.max_connections,
-                                                          config.limits.max_connections_per_ip),
-                                tls_context=tls_context, implicit_tls=implicit,
-                                allow_plaintext=config.mda.allow_plaintext_auth)
-            servers.append(await loop.create_server(
-                lambda imap=imap: ImapSession(imap), ep.host, ep.port, reuse_port=True,
-                backlog=BACKLOG, ssl=tls_context if implicit else None))
         for ep in config.listen.metrics:
             servers.append(await loop.create_server(
                 lambda: MetricsEndpoint(queue_counts), ep.host, ep.port, reuse_port=True))

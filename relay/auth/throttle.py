@@ -168,18 +168,21 @@ class AuthThrottle:
 
 
 class ConnectionLimiter:
-    """Open connections in total and per client (IPv6 per /64, like AuthThrottle).
+    """Open connections in total and per client (IPv6 per /64, like AuthThrottle, unless
+    `key` says otherwise: `key=str` counts each address as given).
 
     `admit(ip)` when a connection arrives: True means it was counted and must later be
     `release(ip)`d exactly once; False means refuse it (nothing was counted).
     """
 
-    def __init__(self, max_total: int, max_per_ip: int) -> None:
+    def __init__(self, max_total: int, max_per_ip: int,
+                 key: Callable[[str], str] = client_key) -> None:
         if max_total < 1 or max_per_ip < 1:
             raise ValueError("connection limits must be positive")
         self.max_total = max_total
         self.max_per_ip = max_per_ip
         self.total = 0
+        self._key = key
         self._per_ip: dict[str, int] = {}
 
     def __len__(self) -> int:
@@ -187,10 +190,10 @@ class ConnectionLimiter:
         return len(self._per_ip)
 
     def count(self, ip: str) -> int:
-        return self._per_ip.get(client_key(ip), 0)
+        return self._per_ip.get(self._key(ip), 0)
 
     def admit(self, ip: str) -> bool:
-        key = client_key(ip)
+        key = self._key(ip)
         current = self._per_ip.get(key, 0)
         if self.total >= self.max_total or current >= self.max_per_ip:
             return False
@@ -200,7 +203,7 @@ class ConnectionLimiter:
 
     def release(self, ip: str) -> None:
         """Uncount one admitted connection; releasing one never admitted is a glue bug."""
-        key = client_key(ip)
+        key = self._key(ip)
         current = self._per_ip.get(key, 0)
         if current <= 0:
             raise ValueError(f"release() without admit() for {ip!r}")

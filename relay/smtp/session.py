@@ -1,29 +1,27 @@
 """SmtpSession: asyncio.Protocol glue between a socket and a ServerMachine.
 
 Feeds received octets to the machine, runs the decisions it asks for (policy inline,
-intake as a task with reading paused so replies stay in order), writes one buffer per
-pipelined batch (RFC 2920), keeps the idle timer (RFC 5321 §4.5.3.2), performs
-STARTTLS (RFC 3207) and checks SMTP AUTH passwords (RFC 4954) through the shared
-throttled Authenticator. One Listener serves port 25 (smtp), submission with STARTTLS
-(587) or with implicit TLS (465, RFC 8314). Anything unexpected is logged and answered
-421 4.3.0; the worker never dies of one session.
+intake and AUTH as tasks with reading paused, relay.glue), writes one buffer per
+pipelined batch (RFC 2920), answers the idle timer with 421 (RFC 5321 §4.5.3.2),
+performs STARTTLS (RFC 3207) and checks SMTP AUTH passwords (RFC 4954) through the
+shared throttled Authenticator. One Listener serves port 25 (smtp), submission with
+STARTTLS (587) or with implicit TLS (465, RFC 8314). Anything unexpected is logged and
+answered 421 4.3.0; the worker never dies of one session.
 
-Imports: asyncio, relay.smtp.{machine,events,policy,replies}, relay.intake,
+Imports: asyncio, relay.glue, relay.smtp.{machine,events,policy,replies}, relay.intake,
 relay.auth.login (the Authenticator every protocol shares), relay.metrics.
 """
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
-import ssl
-from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from relay import metrics
-from relay.intake import Intake, SessionInfo
 from relay.auth.login import Authenticator, LoginResult
+from relay.glue import ListenerBase, SessionGlue
+from relay.intake import Intake, SessionInfo
 from relay.smtp import replies as R
 from relay.smtp.events import (
     Authenticate,
@@ -41,100 +39,40 @@ log = logging.getLogger("relay.smtp")
 _ids = itertools.count(1)
 
 
-@dataclass
-class Listener:
-    """What every session of one listening socket shares (per worker process)."""
+@dataclass(kw_only=True)
+class Listener(ListenerBase):
+    """What every SMTP session of one listening socket shares (per worker process)."""
 
     settings: SmtpSettings
     policy: RecipientPolicy
     intake: Intake
     relay_networks: tuple  # type: ignore[type-arg]
-    idle_timeout: float
-    max_connections: int
-    max_per_ip: int
-    tls_context: ssl.SSLContext | None
     auth: Authenticator | None = None  # SMTP AUTH; settings.auth_available says the same
-    implicit_tls: bool = False  # submissions (465): TLS from the first octet, RFC 8314
     name: str = "smtp"  # for logs: smtp | submission | submissions
-    sessions: set[SmtpSession] = field(default_factory=set)
-    per_ip: Counter[str] = field(default_factory=Counter)
-    stopping: bool = False
-
-    def shutdown(self) -> None:
-        """Graceful stop: idle sessions get 421 now, busy ones after their transaction."""
-        self.stopping = True
-        for session in list(self.sessions):
-            session.close_if_idle()
 
 
-class SmtpSession(asyncio.Protocol):
+class SmtpSession(SessionGlue[Listener]):
+    log = log
+    SESSIONS_ACTIVE = metrics.SMTP_SESSIONS_ACTIVE
+    # RFC 5321 §3.8: a server may refuse service with 421 at connection time.
+    REFUSAL = R.TOO_MANY_CONNECTIONS.encode()
+    INTERNAL_ERROR = R.LOCAL_ERROR.encode()
+
     def __init__(self, listener: Listener) -> None:
-        self.listener = listener
-        self.loop = asyncio.get_running_loop()
-        self.id = f"s{next(_ids)}"
-        self.transport: asyncio.Transport | None = None
+        super().__init__(listener, f"s{next(_ids)}")
         self.machine = ServerMachine(listener.settings, tls_active=listener.implicit_tls)
         self.peer = Peer("", False)
-        self._busy = False  # a decision task is running; reading is paused
-        self._closing = False
-        self._last_active = self.loop.time()
-        self._timer: asyncio.TimerHandle | None = None
 
-    # ---- asyncio.Protocol -----------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        peername = transport.get_extra_info("peername") or ("", 0)
-        address = str(peername[0])
-        lst = self.listener
-        self.peer = Peer(address, is_trusted(address, lst.relay_networks))
-        lst.sessions.add(self)
-        lst.per_ip[address] += 1
-        metrics.SMTP_SESSIONS_ACTIVE.inc()
-        if (len(lst.sessions) > lst.max_connections
-                or lst.per_ip[address] > lst.max_per_ip or lst.stopping):
-            # RFC 5321 §3.8: a server may refuse service with 421 at connection time.
-            metrics.count_reply(R.TOO_MANY_CONNECTIONS.code)
-            self._write(R.TOO_MANY_CONNECTIONS.encode())
-            self._close()
-            return
+    def _greet(self, address: str) -> None:
+        self.peer = Peer(address, is_trusted(address, self.listener.relay_networks))
         metrics.count_reply(220)
         self._write(self.machine.greeting())
-        self._arm_timer()
 
-    def data_received(self, data: bytes) -> None:
-        self._last_active = self.loop.time()
-        self.machine.receive_data(data)
-        self._drive()
-
-    def eof_received(self) -> bool:
-        self.machine.receive_data(b"")
-        self._drive()
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        lst = self.listener
-        if self in lst.sessions:
-            lst.sessions.discard(self)
-            lst.per_ip[self.peer.address] -= 1
-            if lst.per_ip[self.peer.address] <= 0:
-                del lst.per_ip[self.peer.address]
-            metrics.SMTP_SESSIONS_ACTIVE.dec()
-        self._closing = True
-        if self._timer:
-            self._timer.cancel()
+    def _refuse(self) -> None:
+        metrics.count_reply(R.TOO_MANY_CONNECTIONS.code)
+        super()._refuse()
 
     # ---- driving the machine --------------------------------------------------------
-
-    def _drive(self) -> None:
-        try:
-            self._drive_events()
-        except Exception:  # noqa: BLE001 - a bug must cost one session, not the worker
-            log.exception("%s internal error", self.id)
-            self._flush()
-            metrics.count_reply(R.LOCAL_ERROR.code)
-            self._write(R.LOCAL_ERROR.encode())
-            self._close()
 
     def _drive_events(self) -> None:
         machine = self.machine
@@ -151,8 +89,7 @@ class SmtpSession(asyncio.Protocol):
             elif isinstance(event, MessageReceived):
                 self._start(self._queue(event))
             elif isinstance(event, StartTls):
-                self._flush()
-                self._start(self._upgrade())
+                self._start_tls()
             elif isinstance(event, Closed):
                 self._flush()
                 self._close()
@@ -163,28 +100,6 @@ class SmtpSession(asyncio.Protocol):
                 return
             else:  # Signal.PAUSED cannot happen while not busy
                 raise RuntimeError(f"unexpected {event!r}")
-
-    def _start(self, coro) -> None:  # type: ignore[no-untyped-def]
-        self._busy = True
-        assert self.transport is not None
-        self.transport.pause_reading()
-        task = self.loop.create_task(coro)
-        task.add_done_callback(self._resume)
-
-    def _resume(self, task: asyncio.Task[None]) -> None:
-        self._busy = False
-        if task.cancelled() or self._closing:
-            return
-        if task.exception() is not None:
-            log.error("%s internal error", self.id, exc_info=task.exception())
-            self._flush()
-            metrics.count_reply(R.LOCAL_ERROR.code)
-            self._write(R.LOCAL_ERROR.encode())
-            self._close()
-            return
-        assert self.transport is not None
-        self.transport.resume_reading()
-        self._drive()
 
     async def _queue(self, event: MessageReceived) -> None:
         m = self.machine
@@ -206,18 +121,7 @@ class SmtpSession(asyncio.Protocol):
                  account, self.peer.address, event.mechanism)
         self.machine.auth_ok(account)
 
-    async def _upgrade(self) -> None:
-        assert self.transport is not None and self.listener.tls_context is not None
-        try:
-            transport = await self.loop.start_tls(
-                self.transport, self, self.listener.tls_context, server_side=True,
-                ssl_handshake_timeout=self.listener.idle_timeout)
-        except (OSError, ssl.SSLError, ConnectionError, asyncio.TimeoutError) as exc:
-            log.info("%s TLS handshake failed: %s", self.id, exc)
-            self._closing = True
-            self.transport.abort()
-            return
-        self.transport = transport  # type: ignore[assignment]
+    def _tls_started(self) -> None:
         self.peer = replace(self.peer, authenticated=None)  # RFC 3207 §4.2: start afresh
         self.machine.tls_started()
         log.debug("%s TLS established", self.id)
@@ -233,38 +137,24 @@ class SmtpSession(asyncio.Protocol):
         if out:
             self._write(out)
 
-    def _write(self, data: bytes) -> None:
-        if self.transport is None or self.transport.is_closing():
-            return
-        self.transport.write(data)
+    def _fail(self) -> None:
+        self._flush()
+        metrics.count_reply(R.LOCAL_ERROR.code)
+        super()._fail()
 
-    def _close(self) -> None:
-        self._closing = True
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
-
-    def close_if_idle(self) -> None:
-        """Used at shutdown: leave only between transactions (no work in flight)."""
-        if self._busy or self._closing:
-            return
+    def _shut_down(self) -> None:
         if self.machine.state in (State.GREETING, State.READY):
             self.machine.close_with(R.SHUTTING_DOWN)
             self._flush()
             self._close()
 
     def _arm_timer(self) -> None:
-        delay = self._last_active + self.listener.idle_timeout - self.loop.time()
-        self._timer = self.loop.call_later(max(delay, 0.05), self._check_idle)
-
-    def _check_idle(self) -> None:
-        if self._closing:
-            return
-        if not self._busy and self.loop.time() - self._last_active >= self.listener.idle_timeout:
-            log.info("%s idle timeout", self.id)
-            self.machine.close_with(R.IDLE_TIMEOUT)
-            self._flush()
-            self._close()
-            return
-        if self._busy:
+        if self._busy:  # our own decision outlasting the timeout is not client idleness
             self._last_active = self.loop.time()
-        self._arm_timer()
+        super()._arm_timer()
+
+    def _timed_out(self) -> None:
+        log.info("%s idle timeout", self.id)
+        self.machine.close_with(R.IDLE_TIMEOUT)
+        self._flush()
+        self._close()

@@ -225,6 +225,18 @@ def test_nothing_imports_the_composition_roots() -> None:
     assert_clean(violations(lambda m: m not in ROOTS, why))
 
 
+def test_session_base_knows_no_protocol_role_or_metric() -> None:
+    # relay.glue holds what every */session.py shares; machines, roles and metrics come
+    # from the subclasses, so it stays below all of them.
+    def why(module: str, dotted: str) -> str | None:
+        if under(dotted, "relay"):
+            return (None if under(dotted, "relay.auth.throttle")
+                    else "the session base imports only auth.throttle from relay")
+        return None if top(dotted) in STDLIB else "stdlib only"
+
+    assert_clean(violations(lambda m: m == "relay.glue", why))
+
+
 def test_intake_does_not_import_the_session_or_delivery() -> None:
     def why(module: str, dotted: str) -> str | None:
         if under(dotted, "relay.smtp.session") or under(dotted, "relay.delivery"):

@@ -11,10 +11,12 @@ Untagged responses from a command are streamed to the socket while it runs
 chunk goes out with the tagged completion, in one write. Commands answered from memory
 (commands.inline: FETCH of cached messages, SEARCH of index data and cached header
 fields, SELECT of a current view, STORE of system flags) run on the event loop itself:
-handing them to a thread and back would cost as much again as running them.
+handing them to a thread and back would cost as much again as running them. The
+connection mechanics (limits, decisions with reading paused, the autologout timer of
+RFC 3501 §5.4, the TLS upgrade) are relay.glue's.
 
-Imports: asyncio, relay.mda.imap.{machine,commands,context}, relay.mda.{login,store},
-relay.auth.throttle, relay.metrics.
+Imports: asyncio, relay.glue, relay.mda.imap.{machine,commands,context}, relay.mda.store,
+relay.auth.login, relay.metrics.
 """
 
 from __future__ import annotations
@@ -25,13 +27,12 @@ import contextlib
 import itertools
 import logging
 import os
-import ssl
 import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 from relay import __version__, metrics
-from relay.auth.throttle import ConnectionLimiter
+from relay.glue import ListenerBase, SessionGlue
 from relay.mda.imap import commands
 from relay.mda.imap.context import Context
 from relay.mda.imap.machine import (
@@ -69,13 +70,10 @@ class ConnectionGone(Exception):
     """The client went away while a command was writing its responses."""
 
 
-@dataclass
-class ImapListener:
+@dataclass(kw_only=True)
+class ImapListener(ListenerBase):
     store: MailStore
     auth: Authenticator
-    limiter: ConnectionLimiter
-    tls_context: ssl.SSLContext | None
-    implicit_tls: bool  # imaps (RFC 8314)
     allow_plaintext: bool  # [mda] allow_plaintext_auth
     idle_timeout: float = IDLE_TIMEOUT
     login_timeout: float = LOGIN_TIMEOUT
@@ -99,18 +97,16 @@ class ImapListener:
         return self._hub
 
 
-class ImapSession(asyncio.Protocol):
+class ImapSession(SessionGlue[ImapListener]):
+    log = log
+    SESSIONS_ACTIVE = metrics.IMAP_SESSIONS_ACTIVE
+    REFUSAL = b"* BYE [UNAVAILABLE] Too many connections\r\n"
+    INTERNAL_ERROR = b"* BYE [SERVERBUG] Internal error\r\n"
+
     def __init__(self, listener: ImapListener) -> None:
-        self.listener = listener
-        self.loop = asyncio.get_running_loop()
-        self.id = f"i{next(_ids)}"
-        self.transport: Any = None
-        self.peer = ""
-        self.machine: ImapMachine | None = None
+        super().__init__(listener, f"i{next(_ids)}")
+        self.machine: ImapMachine | None = None  # made for an admitted client
         self.ctx: Context | None = None
-        self._busy = False
-        self._closing = False
-        self._admitted = False
         self._writable = threading.Event()
         self._writable.set()
         self._reading = True
@@ -120,27 +116,17 @@ class ImapSession(asyncio.Protocol):
         self._tail = b""  # a command's last output, sent with its tagged completion
         self._idle_poll: asyncio.Task[None] | None = None
         self._quiet_since = 0.0
-        self._last_active = self.loop.time()
-        self._timer: asyncio.TimerHandle | None = None
 
-    def connection_made(self, transport: Any) -> None:
-        self.transport = transport
-        self.peer = str((transport.get_extra_info("peername") or ("",))[0])
+    def _greet(self, address: str) -> None:
+        self.peer = address
         lst = self.listener
-        if not lst.limiter.admit(self.peer):
-            transport.write(b"* BYE [UNAVAILABLE] Too many connections\r\n")
-            transport.close()
-            return
-        self._admitted = True
-        metrics.IMAP_SESSIONS_ACTIVE.inc()
         tls = self._tls = lst.implicit_tls
         self.machine = ImapMachine(ImapSettings(
-            plaintext_allowed=tls or lst.allow_plaintext or is_loopback(self.peer),
+            plaintext_allowed=tls or lst.allow_plaintext or is_loopback(address),
             tls_available=lst.tls_context is not None and not tls, tls_active=tls,
             append_limit=lst.append_limit,
             server_id=(("name", "relay"), ("version", __version__))))
-        transport.write(self.machine.greeting())
-        self._arm_timer()
+        self._write(self.machine.greeting())
 
     def data_received(self, data: bytes) -> None:
         assert self.machine is not None
@@ -154,24 +140,16 @@ class ImapSession(asyncio.Protocol):
         self._drive()
 
     def eof_received(self) -> bool:
-        if self.machine is not None:
-            self.machine.receive_data(b"")
-            self._drive()  # when a command runs, it ends with the machine's Closed
+        super().eof_received()  # when a command runs, it ends with the machine's Closed
         # Half-open while a command runs, so its answers still go out (TLS cannot be half
         # open: there reading pauses while a command runs, so EOF waits for it).
         return self._busy and not self._tls
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._closing = True
+        super().connection_lost(exc)
         self._writable.set()  # a command thread waiting to write gives up
         if self.listener._hub is not None:
             self.listener._hub.discard(self)
-        if self._timer:
-            self._timer.cancel()
-        if self._admitted:
-            self._admitted = False
-            self.listener.limiter.release(self.peer)
-            metrics.IMAP_SESSIONS_ACTIVE.dec()
 
     def pause_writing(self) -> None:
         # The client does not read: stop reading its commands too, so pipelined commands
@@ -199,13 +177,6 @@ class ImapSession(asyncio.Protocol):
 
     # ---- driving ----------------------------------------------------------------------
 
-    def _drive(self) -> None:
-        try:
-            self._drive_events()
-        except Exception:  # noqa: BLE001 - one session's bug must not reach the worker
-            log.exception("%s internal error", self.id)
-            self._fail()
-
     def _drive_events(self) -> None:
         machine = self.machine
         assert machine is not None
@@ -230,8 +201,7 @@ class ImapSession(asyncio.Protocol):
                 self._flush()
                 self._start(self._login(event))
             elif isinstance(event, StartTls):
-                self._flush()
-                self._start(self._upgrade())
+                self._start_tls()
             elif isinstance(event, IdleStart):
                 self._flush()
                 self._quiet_since = self.loop.time()
@@ -246,28 +216,15 @@ class ImapSession(asyncio.Protocol):
                 self._flush()
                 return
 
-    def _start(self, coro: Any) -> None:
-        """Run a coroutine (LOGIN, STARTTLS, the end of IDLE) with reading paused."""
-        self._busy = self._hold = True
+    def _pause_reading(self) -> None:
+        """A coroutine step (LOGIN, STARTTLS, the end of IDLE) runs: hold reading."""
+        self._hold = True
         self._fed = 0
         self._update_reading()
-        self.loop.create_task(coro).add_done_callback(self._resume)
 
-    def _resume(self, task: asyncio.Task[None]) -> None:
-        self._busy = self._hold = False
-        exc = None if task.cancelled() else task.exception()
-        if task.cancelled() or self._closing:
-            return
-        if exc is not None:
-            log.error("%s internal error", self.id, exc_info=exc)
-            self._fail()
-            return
+    def _resume_reading(self) -> None:
+        self._hold = False
         self._update_reading()
-        self._drive()
-
-    def _fail(self) -> None:
-        self._write(b"* BYE [SERVERBUG] Internal error\r\n")
-        self._close()
 
     async def _login(self, event: Login) -> None:
         machine = self.machine
@@ -329,20 +286,10 @@ class ImapSession(asyncio.Protocol):
         self._update_reading()
         self._drive()
 
-    async def _upgrade(self) -> None:
-        machine = self.machine
-        assert machine is not None and self.listener.tls_context is not None
-        try:
-            self.transport = await self.loop.start_tls(
-                self.transport, self, self.listener.tls_context, server_side=True,
-                ssl_handshake_timeout=60)
-        except (OSError, ssl.SSLError, ConnectionError, asyncio.TimeoutError) as exc:
-            log.info("%s TLS handshake failed: %s", self.id, exc)
-            self._closing = True
-            self.transport.abort()
-            return
+    def _tls_started(self) -> None:
+        assert self.machine is not None
         self._tls = self._reading = True  # a new transport, reading
-        machine.tls_started()
+        self.machine.tls_started()
 
     # ---- IDLE (RFC 2177) ---------------------------------------------------------------
 
@@ -398,37 +345,23 @@ class ImapSession(asyncio.Protocol):
         if data:
             self._write(data)
 
-    def _write(self, data: bytes) -> None:
-        if data and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
-
     def _close(self) -> None:
-        self._closing = True
+        super()._close()
         if self.listener._hub is not None:
             self.listener._hub.discard(self)
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
 
-    def _arm_timer(self) -> None:
-        delay = self._last_active + self._timeout() - self.loop.time()
-        self._timer = self.loop.call_later(max(delay, 0.05), self._check_idle)
-
-    def _timeout(self) -> float:
+    def _idle_timeout(self) -> float:
         machine = self.machine
         if machine is not None and machine.state is State.NOT_AUTHENTICATED:
             return self.listener.login_timeout
         return self.listener.idle_timeout
 
-    def _check_idle(self) -> None:
-        if self._closing or self.machine is None:
-            return
-        if not self._busy and self.loop.time() - self._last_active >= self._timeout():
-            log.info("%s imap autologout", self.id)
-            self.machine.close("Autologout; idle for too long")
-            self._flush()
-            self._close()
-            return
-        self._arm_timer()
+    def _timed_out(self) -> None:
+        assert self.machine is not None
+        log.info("%s imap autologout", self.id)
+        self.machine.close("Autologout; idle for too long")
+        self._flush()
+        self._close()
 
 
 class _ThreadWriter:

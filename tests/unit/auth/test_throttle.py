@@ -245,6 +245,15 @@ def test_limiter_counts_ipv6_per_64() -> None:
     assert limiter.admit("2001:db8:0:1::1")
 
 
+def test_limiter_with_key_str_counts_each_address() -> None:
+    limiter = ConnectionLimiter(max_total=10, max_per_ip=1, key=str)
+    assert limiter.admit("2001:db8::1")
+    assert limiter.admit("2001:db8::2")
+    assert not limiter.admit("2001:db8::1")
+    limiter.release("2001:db8::1")
+    assert limiter.count("2001:db8::1") == 0 and limiter.count("2001:db8::2") == 1
+
+
 @given(st.lists(st.tuples(st.booleans(), st.sampled_from(["192.0.2.1", "192.0.2.2",
                                                           "192.0.2.3"])), max_size=100))
 def test_limiter_matches_a_counting_model(ops: list[tuple[bool, str]]) -> None:
