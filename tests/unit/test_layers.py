@@ -278,7 +278,8 @@ MAILBOX_MACHINES = ("relay.mda.pop3.machine", "relay.mda.pop3.events", "relay.md
                     "relay.auth.sasl", "relay.mda.imap.parser", "relay.mda.imap.grammar",
                     "relay.mda.imap.tokens", "relay.mda.imap.sequence_set",
                     "relay.mda.imap.fetch_items", "relay.mda.imap.search_keys",
-                    "relay.mda.imap.arguments", "relay.mda.imap.message", "relay.mda.imap.search",
+                    "relay.mda.imap.arguments", "relay.mda.imap.message", "relay.mda.imap.mime",
+                    "relay.mda.imap.addresses", "relay.mda.imap.search",
                     "relay.mda.imap.utf7", "relay.mda.imap.machine", "relay.mda.imap.responses")
 
 

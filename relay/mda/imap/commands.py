@@ -17,7 +17,7 @@ the commands inline() admits, which touch nothing that waits on a disk.
 Trust: arguments come from an authenticated client and name only its own account's
 mailboxes (store.Account validates names); failures become NO/BAD, never exceptions,
 except OSError from a broken disk, which is logged and answered [SERVERBUG].
-Imports: stdlib, relay.mda.store, relay.mda.imap.*.
+Imports: stdlib, relay.mda.model, relay.mda.imap.*.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from relay.mda.imap.responses import (
 )
 from relay.mda.imap.search_keys import SearchKey
 from relay.mda.imap.selected import BadSequence, MailboxGone, Output, SelectedMailbox
-from relay.mda.store import StoreError
+from relay.mda.model import StoreError
 
 log = logging.getLogger("relay.imap")
 

@@ -6,7 +6,7 @@ the APPENDLIMIT and a clock. One session owns it and uses it from one thread at 
 Also here: the mapping of store errors to tagged completions (RFC 5530 codes), shared by
 every command module.
 
-Imports: stdlib, relay.mda.store, relay.mda.imap.{parser,responses,selected}.
+Imports: stdlib, relay.mda.{model,store}, relay.mda.imap.{parser,responses,selected}.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from relay.mda.imap.responses import (
     no,
 )
 from relay.mda.imap.selected import Output, SelectedMailbox
-from relay.mda.store import Account, StoreError, StoreErrorKind
+from relay.mda.model import StoreError, StoreErrorKind
+from relay.mda.store import Account
 
 
 class Context:

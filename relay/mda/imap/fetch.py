@@ -15,7 +15,7 @@ Body sections go out as literals, exact slices of the stored file (message.Messa
 carry FLAGS.
 
 Blocking: runs in the session's worker thread (on the event loop only when everything
-it needs is in memory: commands.inline). Imports: stdlib, relay.mda.store,
+it needs is in memory: commands.inline). Imports: stdlib, relay.mda.model,
 relay.mda.imap.{arguments,context,fetch_items,message,responses,selected}.
 """
 
@@ -37,7 +37,7 @@ from relay.mda.imap.responses import (
     ok,
 )
 from relay.mda.imap.selected import PREFETCH, Output, SelectedMailbox, with_recent
-from relay.mda.store import Message as Stored
+from relay.mda.model import Message as Stored
 
 # Items answered from the index alone.
 _INDEX_ITEMS = frozenset({"UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE", "MODSEQ"})

@@ -7,7 +7,7 @@ Names arrive decoded from modified UTF-7 (parser) and leave encoded (responses.m
 the hierarchy delimiter is "/". Each function writes untagged responses to `out` and
 returns the tagged completion; store errors become RFC 5530 codes (context.store_error).
 
-Blocking: runs in the session's worker thread. Imports: stdlib, relay.mda.store,
+Blocking: runs in the session's worker thread. Imports: stdlib, relay.mda.model,
 relay.mda.imap.{arguments,context,responses,selected}.
 """
 
@@ -30,7 +30,7 @@ from relay.mda.imap.responses import (
     sequence_set,
 )
 from relay.mda.imap.selected import Output
-from relay.mda.store import FolderInfo, StoreError
+from relay.mda.model import FolderInfo, StoreError
 
 DELIMITER = '"/"'
 

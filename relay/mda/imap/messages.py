@@ -10,7 +10,7 @@ folder's decoded columns (MessageCache.columns), so a SEARCH FROM reads no file 
 process has seen the headers.
 
 Blocking: runs in the session's worker thread (STORE of system flags and SEARCH from
-memory also on the event loop: commands.inline). Imports: stdlib, relay.mda.store,
+memory also on the event loop: commands.inline). Imports: stdlib, relay.mda.model,
 relay.mda.imap.{arguments,context,responses,search,search_keys,selected,sequence_set}.
 """
 
@@ -35,7 +35,7 @@ from relay.mda.imap.search import compile_program
 from relay.mda.imap.search_keys import SearchKey
 from relay.mda.imap.selected import Output, SelectedMailbox
 from relay.mda.imap.sequence_set import SequenceSet
-from relay.mda.store import StoreError
+from relay.mda.model import StoreError
 
 _MODES = {arguments.StoreMode.ADD: "+", arguments.StoreMode.REMOVE: "-",
           arguments.StoreMode.REPLACE: "="}

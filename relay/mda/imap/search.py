@@ -218,7 +218,7 @@ class Source(Protocol):
 
 
 class Facts(Protocol):
-    """A message as the index knows it (store.Message)."""
+    """A message as the index knows it (model.Message)."""
 
     flags: frozenset[str]
     size: int

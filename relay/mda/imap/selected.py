@@ -11,19 +11,19 @@ EXISTS for new mail, then RECENT when the number of \\Recent messages changed (R
 process synced to the same state: no per-session copy), except while expunges wait to be
 reported: then the session keeps its own numbering.
 
-\\Recent is the Folder's (store.RecentUids: the UIDs this session claimed at SELECT and
+\\Recent is the Folder's (views.RecentUids: the UIDs this session claimed at SELECT and
 at each sync since, or only looked at after EXAMINE); it is added to a message's flags
 only where they are written (`flags`), never stored.
 
 `MessageCache` gives a session the octets and parses (message.Message) of messages from
-the process's shared caches (store.Caches: the files never change), so FETCH of many
+the process's shared caches (caches.Caches: the files never change), so FETCH of many
 headers, a SEARCH of headers or text, or the next session asking the same, reads and
 parses each file once; header-only uses (ENVELOPE, BODY[HEADER...], SEARCH on header
 fields) read just the header, from the index's header cache when it has it. SEARCH on
 header fields reads decoded, case-folded field values kept per folder (`columns`).
 
 Blocking (the Folder reads files and the index): runs in the session's worker thread.
-Imports: stdlib, relay.mda.store, relay.mda.imap.{message,responses,sequence_set}.
+Imports: stdlib, relay.mda.{folder,model}, relay.mda.imap.{message,responses,sequence_set}.
 """
 
 from __future__ import annotations
@@ -32,11 +32,12 @@ import bisect
 from collections.abc import Iterable
 from typing import Protocol
 
+from relay.mda.folder import Folder
 from relay.mda.imap.message import Message
 from relay.mda.imap.responses import SYSTEM_FLAGS, flag_list
 from relay.mda.imap.sequence_set import SequenceSet
-from relay.mda.store import Folder, StoreError, StoreErrorKind
-from relay.mda.store import Message as Stored
+from relay.mda.model import StoreError, StoreErrorKind
+from relay.mda.model import Message as Stored
 
 CACHE_BYTES = 16 * 1024 * 1024  # a message above this is kept only while a session uses it
 PREFETCH = 256  # header sections read per batch
@@ -285,7 +286,7 @@ def with_recent(flags: frozenset[str]) -> frozenset[str]:
 
 class MessageCache:
     """A session's access to message octets and parses, through the process's shared
-    caches (store.Caches). A message larger than `max_bytes` is not shared: the last one
+    caches (caches.Caches). A message larger than `max_bytes` is not shared: the last one
     used is kept here, so the several items of one FETCH do not read it again."""
 
     def __init__(self, folder: Folder, max_bytes: int = CACHE_BYTES) -> None:

@@ -13,8 +13,10 @@ import lmdb
 import pytest
 
 from relay.mda import index as index_module
-from relay.mda import maildir
-from relay.mda.index import INBOX_KEY, INDEX_DIR, IndexTxn, MailboxIndex
+from relay.mda import index_schema, index_txn, maildir
+from relay.mda.index import INDEX_DIR, MailboxIndex
+from relay.mda.index_schema import INBOX_KEY, Entry
+from relay.mda.index_txn import IndexTxn
 from relay.mda.maildir import MaildirStore
 
 ADDRESS = "bob@example.org"
@@ -39,7 +41,7 @@ def index(root: Path) -> Iterator[MailboxIndex]:
     idx.release()
 
 
-def entries(idx: MailboxIndex, key: bytes = INBOX_KEY) -> list[index_module.Entry]:
+def entries(idx: MailboxIndex, key: bytes = INBOX_KEY) -> list[Entry]:
     with idx.reading() as r:
         st = r.folder(key)
         assert st is not None
@@ -190,7 +192,7 @@ def test_a_recently_changed_directory_is_rescanned_even_with_the_same_mtime(
     os.utime(root / "new", ns=(mtime, mtime))
     os.utime(root / "cur", ns=(mtime, mtime))
     real = time.time_ns
-    monkeypatch.setattr(time, "time_ns", lambda: real() + index_module.RESCAN_NS)
+    monkeypatch.setattr(time, "time_ns", lambda: real() + index_txn.RESCAN_NS)
     assert index.refresh(INBOX_KEY, root).uidnext == 2
 
 
@@ -232,7 +234,7 @@ def test_an_unsettled_directory_is_rescanned_once_the_delay_has_passed(
     os.rename(root / "cur" / name, root / "cur" / maildir.with_flags(name, {"\\Flagged"}))
     os.utime(root / "cur", ns=(mtime, mtime))
     real = time.time_ns
-    monkeypatch.setattr(time, "time_ns", lambda: real() + index_module.RESCAN_NS)
+    monkeypatch.setattr(time, "time_ns", lambda: real() + index_txn.RESCAN_NS)
     index.refresh(INBOX_KEY, root)
     assert [x.flags for x in entries(index)] == [{"\\Flagged"}]
 
@@ -434,7 +436,7 @@ def test_a_schema_1_index_is_upgraded_keeping_its_uids(delivery: MaildirStore,
     with idx.writing() as w:
         txn = w._txn
         txn.put(b"version", b"1", db=idx.meta_db)
-        txn.put(INBOX_KEY, index_module._FOLDER_V1.pack(
+        txn.put(INBOX_KEY, index_schema.FOLDER_V1.pack(
             st.uidvalidity, st.uidnext, st.highestmodseq, st.new_mtime, st.cur_mtime),
             db=idx.folders_db)
         txn.drop(idx.modseq_db, delete=False)
@@ -601,7 +603,7 @@ def test_a_schema_2_index_is_upgraded_with_nothing_recent(delivery: MaildirStore
     assert st.first_recent == 1
     with idx.writing() as w:  # what schema 2 wrote: no watermark
         w._txn.put(b"version", b"2", db=idx.meta_db)
-        w._txn.put(INBOX_KEY, index_module._FOLDER_V2.pack(
+        w._txn.put(INBOX_KEY, index_schema.FOLDER_V2.pack(
             st.uidvalidity, st.uidnext, st.highestmodseq, st.new_mtime, st.cur_mtime,
             st.scan_ns, st.expunge_floor), db=idx.folders_db)
         w.changed = True
@@ -612,7 +614,7 @@ def test_a_schema_2_index_is_upgraded_with_nothing_recent(delivery: MaildirStore
         st2 = again.refresh(INBOX_KEY, root)
         assert (st2.uidvalidity, st2.uidnext, st2.first_recent) == (st.uidvalidity, 4, 3)
         with again.reading() as r:
-            assert bytes(r._txn.get(b"version", db=again.meta_db)) == index_module.SCHEMA_VERSION
+            assert bytes(r._txn.get(b"version", db=again.meta_db)) == index_schema.SCHEMA_VERSION
     finally:
         again.release()
 

@@ -23,18 +23,11 @@ import relay
 from relay.mda import maildir
 from relay.mda.index import INDEX_DIR
 from relay.mda.maildir import MaildirStore
-from relay.mda.index import INBOX_KEY
-from relay.mda.store import (
-    Account,
-    Folder,
-    FolderInfo,
-    MailStore,
-    RecentUids,
-    StoreError,
-    StoreErrorKind,
-    View,
-    latest_view,
-)
+from relay.mda.index_schema import INBOX_KEY
+from relay.mda.folder import Folder
+from relay.mda.model import FolderInfo, StoreError, StoreErrorKind
+from relay.mda.store import Account, MailStore
+from relay.mda.views import RecentUids, View, latest_view
 
 ADDRESS = "bob@example.org"
 REPO = Path(relay.__file__).resolve().parent.parent

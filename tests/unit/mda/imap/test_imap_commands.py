@@ -21,7 +21,8 @@ from relay.mda.imap.context import Context
 from relay.mda.imap.parser import CommandReader
 from relay.mda.imap.responses import Transition
 from relay.mda.maildir import MaildirStore
-from relay.mda.store import Folder, MailStore
+from relay.mda.folder import Folder
+from relay.mda.store import MailStore
 
 ADDRESS = "bob@example.org"
 MSG = [

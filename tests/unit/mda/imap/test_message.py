@@ -9,19 +9,18 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from relay.mda.imap.addresses import parse_addresses
 from relay.mda.imap.fetch_items import Section
 from relay.mda.imap.message import (
     Message,
     bodystructure,
-    decode_transfer,
-    decode_words,
     envelope,
     istring,
     nstring,
-    parse_addresses,
     partial,
     section,
 )
+from relay.mda.imap.mime import decode_transfer, decode_words
 
 # ---- builders -------------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from relay.mda.imap.parser import CommandReader
 from relay.mda.imap.search import MessageInfo, compile_program, matches, needs_message
 from relay.mda.imap.search_keys import SearchKey
 from relay.mda.imap.sequence_set import SequenceSet
-from relay.mda.store import Message as Stored
+from relay.mda.model import Message as Stored
 
 UTC = dt.UTC
 NOW = dt.datetime(1994, 2, 10, 12, 0, 0, tzinfo=UTC)
