@@ -1,5 +1,7 @@
 """The one benchmark run: relay vs Postfix vs aiosmtpd (fsync) side by side, plus the
-smtp-source -> smtp-sink loopback ceiling, with ratios computed within this run.
+smtp-source -> smtp-sink loopback ceiling, with ratios computed within this run. The
+relay relays what it accepts (like Postfix); relay_queue_only, the same relay with
+delivery off, is compared with aiosmtpd, which stores and relays nothing.
 
     .venv/bin/python -m bench.run            # full matrix (make bench)
     .venv/bin/python -m bench.run --quick    # 10 KB, 50 sessions, reuse on
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime as _dt
+import functools
 import json
 import math
 import os
@@ -38,7 +41,14 @@ from bench.peers.postfix import PostfixPeer, SmtpSink, ensure_postfix, run_smtp_
 from bench.peers.relay import RelayPeer
 from bench.util import REPO, RESULTS, BenchError, acquire_run_lock, port_open, reap_stale
 
-SERVERS = {"relay": RelayPeer, "postfix": PostfixPeer, "aiosmtpd_fsync": AiosmtpdPeer}
+SERVERS = {"relay": RelayPeer, "postfix": PostfixPeer, "aiosmtpd_fsync": AiosmtpdPeer,
+           # accepts and queues, relays nothing: the like-for-like peer of aiosmtpd_fsync
+           "relay_queue_only": functools.partial(RelayPeer, relaying=False)}
+# (relay variant, peer) pairs whose ratios are reported; the relay relays to its sink
+# like Postfix, and relay_queue_only, like aiosmtpd, only stores.
+RATIO_PAIRS = (("relay", "postfix"), ("relay", "aiosmtpd_fsync"),
+               ("relay_queue_only", "aiosmtpd_fsync"))
+RATIO_FIELDS = ("msgs_per_s_smtp_source", "msgs_per_s_loadgen", "p50_loadgen", "p99_loadgen")
 CEILING = "ceiling"          # smtp-source/loadgen -> smtp-sink (no disk, no fsync)
 KB = 1024
 
@@ -200,18 +210,17 @@ def _ratio(a, b):
 
 def compute_ratios(results: dict) -> dict:
     ratios = {}
-    for key, per in results.items():
+    for key in results:
         r = {}
-        for other in ("postfix", "aiosmtpd_fsync"):
-            r[f"relay/{other}"] = {
-                "msgs_per_s_smtp_source": _ratio(_get(results, key, "relay", "smtp_source", "msgs_per_s"),
-                                                 _get(results, key, other, "smtp_source", "msgs_per_s")),
-                "msgs_per_s_loadgen": _ratio(_get(results, key, "relay", "loadgen", "msgs_per_s"),
-                                             _get(results, key, other, "loadgen", "msgs_per_s")),
-                "p50_loadgen": _ratio(_get(results, key, "relay", "loadgen", "p50_ms"),
-                                      _get(results, key, other, "loadgen", "p50_ms")),
-                "p99_loadgen": _ratio(_get(results, key, "relay", "loadgen", "p99_ms"),
-                                      _get(results, key, other, "loadgen", "p99_ms")),
+        for mine, other in RATIO_PAIRS:
+            def ratio(tool: str, field: str) -> float | None:
+                return _ratio(_get(results, key, mine, tool, field),
+                              _get(results, key, other, tool, field))
+            r[f"{mine}/{other}"] = {
+                "msgs_per_s_smtp_source": ratio("smtp_source", "msgs_per_s"),
+                "msgs_per_s_loadgen": ratio("loadgen", "msgs_per_s"),
+                "p50_loadgen": ratio("loadgen", "p50_ms"),
+                "p99_loadgen": ratio("loadgen", "p99_ms"),
             }
         ratios[key] = r
     return ratios
@@ -334,9 +343,24 @@ def _acceptance_markdown(doc: dict, order: list[str], L: list[str]) -> None:
     gm = doc["geomean"]
     L.append("| **geomean** | | | "
              + " | ".join(_f(gm[p][k], fmt) for p in ("relay/postfix", "relay/aiosmtpd_fsync") for k in
-                          ("msgs_per_s_smtp_source", "msgs_per_s_loadgen", "p50_loadgen", "p99_loadgen"))
+                          RATIO_FIELDS)
              + " |")
     L.append("")
+    like = "relay_queue_only/aiosmtpd_fsync"
+    if any(any(v is not None for v in r.get(like, {}).values()) for r in ratios.values()):
+        L.append("Like for like with aiosmtpd, which stores and relays nothing: the relay with "
+                 "`[delivery] enabled = false` (relay_queue_only: accepts and queues only).")
+        L.append("")
+        L.append("| size | sessions | reuse | relay_queue_only/aiosmtpd msg/s [smtp-source] | "
+                 "msg/s [loadgen] | p50 [loadgen] | p99 [loadgen] |")
+        L.append("|---:|---:|:--:|---:|---:|---:|---:|")
+        for key, r in ratios.items():
+            size, sess, reuse = key.split("/")
+            L.append(f"| {size} | {sess[1:]} | {'yes' if reuse == 'reuse' else 'no'} | "
+                     + " | ".join(_f(r[like][k], fmt) for k in RATIO_FIELDS) + " |")
+        L.append("| **geomean** | | | " + " | ".join(_f(gm[like][k], fmt) for k in RATIO_FIELDS)
+                 + " |")
+        L.append("")
 
 
 # ------------------------------------------------------------------ main
@@ -548,9 +572,8 @@ def main(argv=None) -> int:
             if runs:
                 e2e_results[key][name] = e2e.combine_rounds(runs)
     ratios = compute_ratios(results)
-    gm = {p: {k: geomean(r[p][k] for r in ratios.values()) for k in
-              ("msgs_per_s_smtp_source", "msgs_per_s_loadgen", "p50_loadgen", "p99_loadgen")}
-          for p in ("relay/postfix", "relay/aiosmtpd_fsync")}
+    gm = {f"{a}/{b}": {k: geomean(r[f"{a}/{b}"][k] for r in ratios.values()) for k in RATIO_FIELDS}
+          for a, b in RATIO_PAIRS}
     doc = {
         "started": started.isoformat(timespec="seconds"),
         "seconds": round(time.monotonic() - t0, 1),

@@ -14,6 +14,10 @@ with a dead loopback ``nameservers`` entry, exactly like Postfix's relayhost, so
 delivery never leaves 127.0.0.0/8. Only a relay that does not know ``[delivery]`` at
 all (so cannot deliver) is run without it; any other refusal stops the benchmark.
 
+``RelayPeer(relaying=False)`` ("relay_queue_only") runs with ``[delivery] enabled =
+false`` and no sink: it accepts and queues only, the like-for-like peer of the aiosmtpd
+handler, which stores and relays nothing.
+
 ``RelayPeer(route="mx")`` is the end-to-end set-up (bench/e2e.py): no smarthost;
 ``[delivery] nameservers`` is a loopback dnsmasq (bench/peers/dns.py) whose
 ``sink.test MX 10 mx.sink.test``, ``mx.sink.test A 127.0.0.2`` points at an smtp-sink
@@ -58,6 +62,12 @@ smarthost = "{sink_host}:{sink_port}"
 nameservers = ["{host}:{dns_port}"]
 """
 
+# relay_queue_only: accept and queue, deliver nothing (compared with aiosmtpd)
+QUEUE_ONLY_TEMPLATE = """
+[delivery]
+enabled = false
+"""
+
 # end to end: the sink is found through MX records served by a loopback dnsmasq
 MX_DELIVERY_TEMPLATE = """
 [delivery]
@@ -85,10 +95,15 @@ class RelayPeer:
     name = "relay"
 
     def __init__(self, keep: bool = False, start_timeout: float = 30.0, route: str = "smarthost",
-                 sink_host: str = LOOPBACK):
+                 sink_host: str = LOOPBACK, relaying: bool = True):
         if route not in ("smarthost", "mx"):
             raise ValueError(f"route must be 'smarthost' or 'mx', not {route!r}")
         self.route = route
+        # False: `[delivery] enabled = false` (accept and queue only, like the aiosmtpd
+        # peer, which stores and relays nothing); the peer is then named relay_queue_only.
+        self.relaying = relaying
+        if not relaying:
+            self.name = "relay_queue_only"
         self.sink_host = sink_host
         self.dns: LoopbackDns | None = None
         self._qstore = None                  # read-only view of the queue (queue_len)
@@ -136,6 +151,13 @@ class RelayPeer:
         (self.base / "data").mkdir()
         # Prefer a config with delivery to a loopback smtp-sink; fall back to the plain one
         # for a relay that does not know [delivery] yet.
+        if not self.relaying:
+            self.config_path.write_text(self.config_text() + QUEUE_ONLY_TEMPLATE)
+            r = self._check_config()
+            if r.returncode != 0:
+                raise BenchError(f"relay refuses [delivery] enabled = false:\n"
+                                 + r.stdout.decode(errors="replace")[-1500:])
+            return self._serve()
         self.sink = SmtpSink(host=self.sink_host).start()
         if self.route == "mx":
             self.dns = LoopbackDns({E2E_DOMAIN: (E2E_MX, self.sink.host)}).start()
@@ -160,6 +182,9 @@ class RelayPeer:
             if r2.returncode != 0:
                 raise BenchError(f"relay refuses the benchmark config ({self.config_path}):\n"
                                  + r2.stdout.decode(errors="replace")[-1500:])
+        return self._serve()
+
+    def _serve(self) -> "RelayPeer":
         cmd = self.cmd + ["serve", "-c", str(self.config_path)]
         logpath = self.base / "relay.log"
         with open(logpath, "wb") as log:
@@ -188,13 +213,13 @@ class RelayPeer:
         """Between measurements. With delivery to the sink: wait while the queue drains
         (until empty, no progress for ``stall`` s, or ``timeout``). Returns the number of
         messages left in the queue (also kept in ``last_queue``)."""
-        left = self.queue_count()
+        left = self.queue_len()
         if left is not None and self.delivery:
             now = time.monotonic()
             deadline, last_progress, prev = now + timeout, now, left
             while left and now < deadline and now - last_progress < stall:
                 time.sleep(0.2)
-                left = self.queue_count() or 0
+                left = self.queue_len() or 0
                 now = time.monotonic()
                 if left < prev:
                     prev, last_progress = left, now
