@@ -40,7 +40,7 @@ from relay.metrics_endpoint import MetricsEndpoint
 from relay.queue.committer import GroupCommitter
 from relay.queue.model import QueueIdFactory
 from relay.queue.store import QueueStore
-from relay.smtp.machine import SmtpSettings
+from relay.smtp.settings import SmtpSettings
 from relay.smtp.policy import RecipientPolicy
 from relay.smtp.session import Listener, SmtpSession
 from relay import tls

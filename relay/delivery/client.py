@@ -19,143 +19,52 @@ only 421 is allowed there (RFC 5321 §3.8). What breaks this: writing a command 
 pushing its expectation, or pushing one for a command that gets no reply (the body
 octets and the "." share one expectation, BODY).
 
-How the glue tells a live connection from a dead one:
-  Ready            handshake done; send_message() or quit() now (`idle` is True).
-  StartTls         the 220 to STARTTLS arrived: upgrade, then call tls_started().
-  TransactionDone  one Outcome per recipient of the last send_message(), in order. If
-                   `idle` is True afterwards the connection may carry another message.
-  Failed           the connection is unusable: flush data_to_send() (it may hold a polite
-                   QUIT) and close. If it follows a TransactionDone, that transaction's
-                   outcomes are already final (unfinished recipients "delayed"); if not,
-                   the message was never tried here: try the next MX or retry later
-                   (`Failed.outcome(rcpt)` gives the Outcome to use if this was the last).
-  Closed           QUIT answered, or the peer closed an idle connection: nothing was lost.
-A timer firing is the glue's business: it calls timed_out(), which ends the connection as
-a close would, with "timed out" in the diagnostic.
+The events (Ready, StartTls, TransactionDone, Failed, Closed) and what the glue does
+with each are in relay.delivery.events; reply reading in relay.delivery.replies.
 
 Trust: every reply octet is hostile. No input may raise out of this module; replies are
 bounded (512-octet lines, 100 lines) and their text is sanitised before it reaches a
 diagnostic, which ends up in a DSN and a log line.
-Imports: stdlib, relay._fast (crlf_lines, dot_stuff), relay.queue.model,
-relay.smtp.{grammar,replies}. No asyncio, socket,
-ssl, time, random or logging (DESIGN.md §2).
+Imports: stdlib, relay._fast (crlf_lines, dot_stuff), relay.delivery.{events,replies},
+relay.queue.model, relay.smtp.{grammar,replies}. No asyncio, socket, ssl, time, random
+or logging (DESIGN.md §2).
 """
 
 from __future__ import annotations
 
-import enum
-import re
 from collections import deque
 from dataclasses import dataclass, field
 
 from relay._fast import crlf_lines, dot_stuff
+from relay.delivery.events import (
+    ClientEvent,
+    ClientState,
+    Closed,
+    Failed,
+    Ready,
+    Signal,
+    StartTls,
+    TransactionDone,
+)
+from relay.delivery.replies import (
+    ACTIONS,
+    CONTROL,
+    MAX_REPLY_LINE,
+    MAX_REPLY_LINES,
+    REPLY_CLASSES,
+    Expect,
+    parse_extensions,
+    parse_reply,
+    reply_diagnostic,
+    reply_status,
+)
 from relay.queue.model import Outcome
 from relay.smtp.grammar import GrammarError, is_valid_helo, parse_mailbox
 from relay.smtp.replies import Reply
 
-# RFC 5321 §4.5.3.1.5: a reply line is at most 512 octets including CRLF.
-MAX_REPLY_LINE = 512
-# No RFC bound on lines per reply; an EHLO reply has a dozen. More is a broken or hostile peer.
-MAX_REPLY_LINES = 100
-
-# RFC 3463 §3.1 (RFC 2034 §4): "class.subject.detail" at the start of the reply text.
-_ENHANCED = re.compile(r"([245])\.[0-9]{1,3}\.[0-9]{1,3}(?= |$)")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-# RFC 5321 §4.1.1.1 ehlo-keyword.
-_KEYWORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
-
-_ACTIONS = {2: "delivered", 4: "delayed", 5: "failed"}
-
 
 class ClientMisuse(RuntimeError):
     """The glue called the machine at the wrong time: a bug in the caller, not the peer."""
-
-
-class Signal(enum.Enum):
-    NEED_DATA = "need_data"  # nothing to do until receive_data()
-    PAUSED = "paused"  # waiting for the glue: tls_started(), or the machine has finished
-
-
-class ClientState(enum.Enum):
-    GREETING = "greeting"  # connected, waiting for the 220
-    HELLO = "hello"  # EHLO/HELO/STARTTLS outstanding
-    TLS_HANDSHAKE = "tls_handshake"  # StartTls emitted, waiting for tls_started()
-    IDLE = "idle"  # Ready: send_message() or quit()
-    TRANSACTION = "transaction"  # a send_message() is in flight
-    QUIT = "quit"  # QUIT sent
-    CLOSED = "closed"  # Failed or Closed emitted; nothing more will happen
-
-
-@dataclass(frozen=True, slots=True)
-class Ready:
-    """Greeting and EHLO (and STARTTLS) are done: call send_message() or quit()."""
-
-
-@dataclass(frozen=True, slots=True)
-class StartTls:
-    """The server said 220 to STARTTLS: upgrade the transport, then call tls_started()."""
-
-
-@dataclass(frozen=True, slots=True)
-class TransactionDone:
-    """One Outcome per recipient of the last send_message(), in the order given."""
-
-    outcomes: tuple[Outcome, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Failed:
-    """The connection is unusable (refused, 421, lost, or a protocol error).
-
-    permanent: the server refused service with a 5xx (a 554 greeting, RFC 5321 §3.1);
-               the glue still tries the next MX. False for everything else.
-    reply:     the server's reply, or None when there was none (lost, protocol error).
-    status, diagnostic, remote_mta, tls: as in Outcome, ready for `outcome()`.
-    """
-
-    permanent: bool
-    reply: Reply | None
-    status: str
-    diagnostic: str
-    remote_mta: str
-    tls: bool = False
-
-    def outcome(self, recipient: str) -> Outcome:
-        """The Outcome for a recipient never tried on this connection."""
-        action = "failed" if self.permanent else "delayed"
-        return Outcome(recipient, action, self.status, self.diagnostic, self.remote_mta,
-                       self.tls)
-
-
-@dataclass(frozen=True, slots=True)
-class Closed:
-    """QUIT was answered, or the peer closed while idle: close the transport."""
-
-
-ClientEvent = Ready | StartTls | TransactionDone | Failed | Closed | Signal
-
-
-class _Expect(enum.Enum):
-    """The command whose reply is owed; the value is the diagnostic's "while ..." phrase."""
-
-    GREETING = "receiving the initial server greeting"
-    EHLO = "performing the EHLO handshake"
-    HELO = "performing the HELO handshake"
-    STARTTLS = "sending STARTTLS"
-    MAIL = "sending MAIL FROM"
-    RCPT = "sending RCPT TO"
-    DATA = "sending DATA command"
-    BODY = "sending message body"  # body and "." sent; the final reply is owed
-    DOT = "ending an empty DATA phase"  # RFC 2920 §3.1 lone "."
-    BDAT = "sending message body (BDAT)"  # RFC 3030: the whole message in one chunk
-    RSET = "sending RSET"
-    QUIT = "sending QUIT"
-
-
-# Reply classes each command may get; anything else is a protocol error.
-_CLASSES = {kind: frozenset((2, 4, 5)) for kind in _Expect}
-_CLASSES[_Expect.DATA] = frozenset((3, 4, 5))
-_CLASSES[_Expect.QUIT] = frozenset((2, 3, 4, 5))
 
 
 class _ProtocolError(Exception):
@@ -188,7 +97,7 @@ class ClientMachine:
     def __init__(self, helo_name: str, remote_mta: str, starttls: bool) -> None:
         if not helo_name.isascii() or not is_valid_helo(helo_name.encode("ascii")):
             raise ValueError(f"invalid HELO name {helo_name!r}")
-        if not remote_mta or _CONTROL.search(remote_mta) or " " in remote_mta:
+        if not remote_mta or CONTROL.search(remote_mta) or " " in remote_mta:
             raise ValueError(f"invalid remote MTA name {remote_mta!r}")
         self.helo_name = helo_name
         self.host = remote_mta
@@ -204,8 +113,8 @@ class ClientMachine:
         self._code = 0
         self._out: list[bytes] = []
         self._events: deque[ClientEvent] = deque()
-        self._expect: deque[tuple[_Expect, int]] = deque([(_Expect.GREETING, 0)])
-        self._current: _Expect | None = None  # the command whose reply is being handled
+        self._expect: deque[tuple[Expect, int]] = deque([(Expect.GREETING, 0)])
+        self._current: Expect | None = None  # the command whose reply is being handled
         self._peer_closed = False
         self._timeout = False
         self._txn: _Transaction | None = None
@@ -283,7 +192,7 @@ class ClientMachine:
         self.esmtp = False
         self.extensions = {}
         self.max_size = None
-        self._send(f"EHLO {self.helo_name}\r\n".encode("ascii"), _Expect.EHLO)
+        self._send(f"EHLO {self.helo_name}\r\n".encode("ascii"), Expect.EHLO)
         self.state = ClientState.HELLO
 
     def send_message(self, sender: str, recipients: list[str], body: bytes,
@@ -322,20 +231,20 @@ class ClientMachine:
         if self._buf:
             # Octets arrived while nothing was owed; they must not pass for the MAIL reply.
             return self._unsolicited()
-        self._send(self._mail_command(sender, len(body), utf8, eight_bit), _Expect.MAIL)
+        self._send(self._mail_command(sender, len(body), utf8, eight_bit), Expect.MAIL)
         if txn.pipelined:
             # RFC 2920 §3.1: MAIL, every RCPT and DATA in one write; replies match in order.
             for i in txn.todo:
-                self._send(_rcpt_command(txn.recipients[i]), _Expect.RCPT, i)
+                self._send(_rcpt_command(txn.recipients[i]), Expect.RCPT, i)
             txn.sent = len(txn.todo)
             if "CHUNKING" in self.extensions:
                 # RFC 3030 §2 with RFC 2920: MAIL, RCPTs and the whole message as one
                 # BDAT LAST chunk in a single write, one round trip per message. No
                 # dot-stuffing in BDAT; line ends are still made CRLF (RFC 5321 §2.3.8).
                 data = crlf_lines(body)
-                self._send(b"BDAT %d LAST\r\n" % len(data) + data, _Expect.BDAT)
+                self._send(b"BDAT %d LAST\r\n" % len(data) + data, Expect.BDAT)
             else:
-                self._send(b"DATA\r\n", _Expect.DATA)
+                self._send(b"DATA\r\n", Expect.DATA)
 
     def quit(self) -> None:
         """RFC 5321 §4.1.1.10: send QUIT; Closed follows the reply (or the peer's close).
@@ -346,7 +255,7 @@ class ClientMachine:
             return
         if self.state is not ClientState.IDLE:
             raise ClientMisuse(f"quit() in state {self.state.name}")
-        self._send(b"QUIT\r\n", _Expect.QUIT)
+        self._send(b"QUIT\r\n", Expect.QUIT)
         self.state = ClientState.QUIT
 
     # ---- reply reading --------------------------------------------------------------
@@ -377,7 +286,7 @@ class ClientMachine:
                 raise _ProtocolError(f"reply longer than {MAX_REPLY_LINES} lines")
             if line[3:4] != b"-":
                 lines, self._lines = self._lines, []
-                return _parse_reply(code, lines)
+                return parse_reply(code, lines)
 
     def _dispatch(self, reply: Reply) -> None:
         if not self._expect:
@@ -387,9 +296,9 @@ class ClientMachine:
             raise _ProtocolError(f"unsolicited reply {reply.code}")
         kind, index = self._expect[0]
         self._current = kind
-        if kind is _Expect.QUIT:
+        if kind is Expect.QUIT:
             return self._closed()
-        if reply.code // 100 not in _CLASSES[kind]:
+        if reply.code // 100 not in REPLY_CLASSES[kind]:
             raise _ProtocolError(f"unexpected reply {reply.code}")
         self._expect.popleft()
         if reply.code == 421:
@@ -402,23 +311,23 @@ class ClientMachine:
         if reply.code // 100 != 2:
             return self._refused(reply)  # RFC 5321 §3.1: 554 = no service here
         self.state = ClientState.HELLO
-        self._send(f"EHLO {self.helo_name}\r\n".encode("ascii"), _Expect.EHLO)
+        self._send(f"EHLO {self.helo_name}\r\n".encode("ascii"), Expect.EHLO)
 
     def _on_ehlo(self, reply: Reply, _: int) -> None:
         cls = reply.code // 100
         if cls == 5:
             # RFC 5321 §3.2: on "command not recognized" the client falls back to HELO.
-            return self._send(f"HELO {self.helo_name}\r\n".encode("ascii"), _Expect.HELO)
+            return self._send(f"HELO {self.helo_name}\r\n".encode("ascii"), Expect.HELO)
         if cls == 4:
             return self._refused(reply)
         self.esmtp = True
-        self.extensions = _parse_extensions(reply)
+        self.extensions = parse_extensions(reply)
         size = self.extensions.get("SIZE", "")
         # RFC 1870 §4: SIZE 0 or no number means no fixed limit.
         self.max_size = int(size) if size.isdigit() and size.isascii() and int(size) else None
         if self.starttls and not self.tls_active and "STARTTLS" in self.extensions:
             # Never pipelined (RFC 2920 §3.1, RFC 3207 §4.2): wait for the 220.
-            return self._send(b"STARTTLS\r\n", _Expect.STARTTLS)
+            return self._send(b"STARTTLS\r\n", Expect.STARTTLS)
         self._ready()
 
     def _on_helo(self, reply: Reply, _: int) -> None:
@@ -476,9 +385,9 @@ class ClientMachine:
         if txn.sent < len(txn.todo):
             i = txn.todo[txn.sent]
             txn.sent += 1
-            self._send(_rcpt_command(txn.recipients[i]), _Expect.RCPT, i)
+            self._send(_rcpt_command(txn.recipients[i]), Expect.RCPT, i)
         elif txn.accepted:
-            self._send(b"DATA\r\n", _Expect.DATA)
+            self._send(b"DATA\r\n", Expect.DATA)
         else:
             self._abort()
 
@@ -488,10 +397,10 @@ class ClientMachine:
         live = txn.mail_ok and txn.accepted
         if reply.code // 100 == 3:
             if live:
-                self._send(dot_stuff(txn.body), _Expect.BODY)
+                self._send(dot_stuff(txn.body), Expect.BODY)
             else:
                 # RFC 2920 §3.1: DATA accepted although no recipient was; send a lone ".".
-                self._send(b".\r\n", _Expect.DOT)
+                self._send(b".\r\n", Expect.DOT)
             return
         if live:
             for i in txn.accepted:
@@ -523,7 +432,7 @@ class ClientMachine:
         self._finish()
         if reply.code // 100 != 2:
             # Outcomes are final, but the server's state is unknown: do not reuse.
-            self._fail(False, reply, _status(reply), _diagnostic(reply), quit=True)
+            self._fail(False, reply, reply_status(reply), reply_diagnostic(reply), quit=True)
 
     def _abort(self) -> None:
         """The transaction cannot complete: RSET so the connection can be reused.
@@ -531,7 +440,7 @@ class ClientMachine:
         RFC 5321 §4.1.1.4: the end of data (whatever its reply) clears the server's
         buffers, so a finished transaction needs no RSET; an abandoned one does (§4.1.1.5).
         """
-        self._send(b"RSET\r\n", _Expect.RSET)
+        self._send(b"RSET\r\n", Expect.RSET)
 
     def _finish(self) -> None:
         txn = self._txn
@@ -549,11 +458,12 @@ class ClientMachine:
 
     def _refused(self, reply: Reply) -> None:
         """The server refused service in-protocol (greeting, EHLO, HELO): QUIT politely."""
-        self._fail(reply.code // 100 == 5, reply, _status(reply), _diagnostic(reply), quit=True)
+        self._fail(reply.code // 100 == 5, reply, reply_status(reply), reply_diagnostic(reply),
+                   quit=True)
 
     def _server_closing(self, reply: Reply) -> None:
         """421 (RFC 5321 §3.8): the server is closing; everything unfinished is delayed."""
-        self._die(reply, _status(reply), _diagnostic(reply))
+        self._die(reply, reply_status(reply), reply_diagnostic(reply))
 
     def _unsolicited(self) -> None:
         """send_message() found octets that arrived while idle: a 421 (RFC 5321 §3.8),
@@ -612,7 +522,7 @@ class ClientMachine:
 
     # ---- helpers --------------------------------------------------------------------
 
-    def _send(self, octets: bytes, kind: _Expect, index: int = 0) -> None:
+    def _send(self, octets: bytes, kind: Expect, index: int = 0) -> None:
         self._out.append(octets)
         self._expect.append((kind, index))
 
@@ -643,8 +553,8 @@ class ClientMachine:
         return self._outcome(recipient, "failed", status, f"x-relay; {text}")
 
     def _from_reply(self, recipient: str, reply: Reply) -> Outcome:
-        return self._outcome(recipient, _ACTIONS[reply.code // 100], _status(reply),
-                             _diagnostic(reply))
+        return self._outcome(recipient, ACTIONS[reply.code // 100], reply_status(reply),
+                             reply_diagnostic(reply))
 
     def _outcome(self, recipient: str, action: str, status: str, diagnostic: str) -> Outcome:
         return Outcome(recipient, action, status, diagnostic, self.remote_mta, self.tls_active)
@@ -661,17 +571,17 @@ class ClientMachine:
 
 
 _HANDLERS = {
-    _Expect.GREETING: ClientMachine._on_greeting,
-    _Expect.EHLO: ClientMachine._on_ehlo,
-    _Expect.HELO: ClientMachine._on_helo,
-    _Expect.STARTTLS: ClientMachine._on_starttls,
-    _Expect.MAIL: ClientMachine._on_mail,
-    _Expect.RCPT: ClientMachine._on_rcpt,
-    _Expect.DATA: ClientMachine._on_data,
-    _Expect.BODY: ClientMachine._on_body,
-    _Expect.DOT: ClientMachine._on_dot,
-    _Expect.BDAT: ClientMachine._on_bdat,
-    _Expect.RSET: ClientMachine._on_rset,
+    Expect.GREETING: ClientMachine._on_greeting,
+    Expect.EHLO: ClientMachine._on_ehlo,
+    Expect.HELO: ClientMachine._on_helo,
+    Expect.STARTTLS: ClientMachine._on_starttls,
+    Expect.MAIL: ClientMachine._on_mail,
+    Expect.RCPT: ClientMachine._on_rcpt,
+    Expect.DATA: ClientMachine._on_data,
+    Expect.BODY: ClientMachine._on_body,
+    Expect.DOT: ClientMachine._on_dot,
+    Expect.BDAT: ClientMachine._on_bdat,
+    Expect.RSET: ClientMachine._on_rset,
 }
 
 
@@ -686,41 +596,3 @@ def _valid_path(address: str) -> bool:
     except (GrammarError, UnicodeEncodeError):
         return False
     return True
-
-
-def _parse_reply(code: int, raw: list[bytes]) -> Reply:
-    """Reply(code, enhanced status or "", text lines joined by "\\n"), text sanitised."""
-    texts = [_CONTROL.sub("?", line.decode("utf-8", "replace")) for line in raw]
-    status = ""
-    m = _ENHANCED.match(texts[0])
-    if m and int(m.group(1)) == code // 100:  # RFC 3463 §2: class matches the reply code
-        status = m.group(0)
-        # RFC 2034 §4: every line of a multi-line reply repeats the code; keep it once.
-        texts = [t[len(status) + 1:] if t == status or t.startswith(status + " ") else t
-                 for t in texts]
-    return Reply(code, status, "\n".join(texts))
-
-
-def _parse_extensions(reply: Reply) -> dict[str, str]:
-    """RFC 5321 §4.1.1.1: lines after the first are "keyword [params]"."""
-    extensions: dict[str, str] = {}
-    for line in reply.text.split("\n")[1:]:
-        keyword, _, params = line.strip().partition(" ")
-        if _KEYWORD.fullmatch(keyword):
-            extensions.setdefault(keyword.upper(), params.strip())
-    return extensions
-
-
-def _status(reply: Reply) -> str:
-    return reply.status or f"{reply.code // 100}.0.0"
-
-
-def _diagnostic(reply: Reply) -> str:
-    """RFC 3464 §2.3.6 "smtp; 550 5.1.1 text", a multi-line reply joined with spaces."""
-    parts = [str(reply.code)]
-    if reply.status:
-        parts.append(reply.status)
-    text = " ".join(t.strip() for t in reply.text.split("\n") if t.strip())
-    if text:
-        parts.append(text)
-    return "smtp; " + " ".join(parts)

@@ -8,7 +8,7 @@ Protocol-level I/O, like the server side (smtp/session.py): `data_received` feed
 machine at once and wakes the coroutine waiting in `_drive` only when it waits; a wait
 costs one future and one timer, not a task per read (asyncio.wait_for over a stream).
 
-Imports: asyncio, ssl, relay.delivery.client, relay.queue.model, relay.metrics.
+Imports: asyncio, ssl, relay.delivery.{client,events}, relay.queue.model, relay.metrics.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import ssl
 from dataclasses import dataclass
 
 from relay import metrics
-from relay.delivery.client import (
-    ClientMachine,
+from relay.delivery.client import ClientMachine
+from relay.delivery.events import (
     ClientState,
     Closed,
     Failed,

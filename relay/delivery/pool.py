@@ -7,8 +7,8 @@ transaction. Connections that end idle are kept for `cache_time` seconds and reu
 by the next message to the same destination (RSET is not needed after a completed
 transaction, RFC 5321 §4.1.1.4). Concurrency is bounded per destination and in all.
 
-Imports: asyncio, ssl, ipaddress, relay.delivery.{connector,mx,route}, relay.queue.model,
-relay.metrics.
+Imports: asyncio, ssl, ipaddress, relay.delivery.{connector,events,mx,route},
+relay.queue.model, relay.metrics.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import ssl
 from collections import Counter, defaultdict
 
 from relay import metrics
-from relay.delivery.client import Failed
+from relay.delivery.events import Failed
 from relay.delivery.connector import Connection, Timeouts
 from relay.delivery.mx import DnsFailure, MxHost, MxResolver
 from relay.delivery.route import Destination

@@ -17,24 +17,17 @@ only inside TLS. With auth_required (the submission ports, RFC 6409 §4.3) MAIL 
 successful AUTH first.
 
 Trust: everything received is hostile; no input may raise out of this module.
-Imports: stdlib, relay._fast, relay.smtp.{events,grammar,replies}, relay.auth.sasl (a
-sans-I/O machine itself).
+SmtpSettings, State and the limits are in relay.smtp.settings.
+Imports: stdlib, relay._fast, relay.smtp.{events,grammar,replies,settings}, relay.auth.sasl
+(a sans-I/O machine itself).
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
 
 from relay import _fast
-from relay.auth.sasl import (
-    MECHANISMS,
-    Challenge,
-    Credentials,
-    SaslErrorKind,
-    SaslExchange,
-    SaslResult,
-)
+from relay.auth.sasl import MECHANISMS, Challenge, Credentials, SaslExchange, SaslResult
 from relay.smtp import replies as R
 from relay.smtp.events import (
     Authenticate,
@@ -47,54 +40,8 @@ from relay.smtp.events import (
     StartTls,
 )
 from relay.smtp.grammar import GrammarError, Mailbox, is_valid_helo, parse_mailbox, parse_size
-
-# Postfix smtpd_hard_error_limit: a client this confused is disconnected.
-MAX_ERRORS = 20
-# RFC 5321 §4.5.3.1.7 / 4.5.3.1.10: a recipient list may be long; a BDAT size may not be absurd.
-MAX_BDAT_DIGITS = 18
-# RFC 4954 §4: an AUTH command with its initial response, and each SASL response line,
-# may be up to 12288 octets (the 512 of RFC 5321 §4.5.3.1.4 is too short for them).
-MAX_AUTH_LINE = 12288
-
-# How each failed SASL exchange is answered (RFC 4954 §4, §6).
-_SASL_FAILURES: dict[SaslErrorKind, R.Reply] = {
-    SaslErrorKind.CANCELLED: R.AUTH_CANCELLED,
-    SaslErrorKind.UNSUPPORTED_MECHANISM: R.AUTH_UNKNOWN_MECHANISM,
-    SaslErrorKind.BAD_BASE64: R.AUTH_BAD_BASE64,
-    SaslErrorKind.TOO_LONG: R.AUTH_LINE_TOO_LONG,
-    SaslErrorKind.NOT_UTF8: R.AUTH_FAILED,
-    SaslErrorKind.MALFORMED: R.AUTH_FAILED,
-    SaslErrorKind.EMPTY_USERNAME: R.AUTH_FAILED,
-    SaslErrorKind.EMPTY_PASSWORD: R.AUTH_FAILED,
-    SaslErrorKind.AUTHZID_DENIED: R.AUTH_FAILED,
-}
-
-
-class State(enum.Enum):
-    GREETING = "greeting"  # 220 sent, no EHLO/HELO yet
-    READY = "ready"  # greeted, no transaction
-    MAIL = "mail"  # MAIL accepted, no recipient yet
-    RCPT = "rcpt"  # at least one recipient
-    DATA = "data"  # reading the DATA stream
-    BDAT = "bdat"  # inside a BDAT transaction, between chunks
-    CLOSED = "closed"
-
-
-@dataclass(frozen=True, slots=True)
-class SmtpSettings:
-    hostname: str
-    max_message_size: int
-    max_recipients: int
-    tls_available: bool = False
-    # RFC 5321 §4.1.1.3: "RCPT TO:<Postmaster>" (no domain) means this domain's postmaster.
-    postmaster_domain: str = ""
-    # RFC 4954: the glue can check passwords, so AUTH may be offered.
-    auth_available: bool = False
-    # Postfix smtpd_tls_auth_only=yes: PLAIN and LOGIN carry the password, so AUTH is
-    # offered and accepted only inside TLS (else 538 5.7.11).
-    auth_requires_tls: bool = True
-    # Submission (RFC 6409 §4.3, RFC 4954 §6): MAIL before a successful AUTH is 530 5.7.0.
-    auth_required: bool = False
+from relay.smtp.replies import SASL_FAILURE_REPLIES
+from relay.smtp.settings import MAX_AUTH_LINE, MAX_BDAT_DIGITS, MAX_ERRORS, SmtpSettings, State
 
 
 class _Pending(enum.Enum):
@@ -610,7 +557,7 @@ class ServerMachine:
             self._pending = _Pending.AUTH
             self._events.append(Authenticate(result.user, result.password, result.mechanism))
         else:
-            self._error(_SASL_FAILURES[result.kind])
+            self._error(SASL_FAILURE_REPLIES[result.kind])
 
 
 _COMMANDS = {

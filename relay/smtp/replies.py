@@ -3,9 +3,10 @@
 A Reply carries the code, the enhanced status code (RFC 3463, announced as
 ENHANCEDSTATUSCODES per RFC 2034 and sent on every reply but the greeting and EHLO
 lines, as RFC 2034 §3 allows) and the text. Each constant cites the rule it follows.
-`FAILURE_REPLIES` maps every `_fast.FailureKind` to its reply.
+`FAILURE_REPLIES` maps every `_fast.FailureKind` to its reply, `SASL_FAILURE_REPLIES`
+every `auth.sasl.SaslErrorKind` (RFC 4954 §4, §6).
 
-Imports: stdlib, relay._fast.spec.
+Imports: stdlib, relay._fast.spec, relay.auth.sasl.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from relay._fast.spec import FailureKind
+from relay.auth.sasl import SaslErrorKind
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +115,19 @@ FAILURE_REPLIES: dict[FailureKind, Reply] = {
     FailureKind.BAD_PATH: SYNTAX_ERROR,
     FailureKind.BAD_PARAMETER: SYNTAX_ERROR,
     FailureKind.NUL: SYNTAX_ERROR,
+}
+
+# How each failed SASL exchange is answered (RFC 4954 §4, §6).
+SASL_FAILURE_REPLIES: dict[SaslErrorKind, Reply] = {
+    SaslErrorKind.CANCELLED: AUTH_CANCELLED,
+    SaslErrorKind.UNSUPPORTED_MECHANISM: AUTH_UNKNOWN_MECHANISM,
+    SaslErrorKind.BAD_BASE64: AUTH_BAD_BASE64,
+    SaslErrorKind.TOO_LONG: AUTH_LINE_TOO_LONG,
+    SaslErrorKind.NOT_UTF8: AUTH_FAILED,
+    SaslErrorKind.MALFORMED: AUTH_FAILED,
+    SaslErrorKind.EMPTY_USERNAME: AUTH_FAILED,
+    SaslErrorKind.EMPTY_PASSWORD: AUTH_FAILED,
+    SaslErrorKind.AUTHZID_DENIED: AUTH_FAILED,
 }
 
 

@@ -8,7 +8,7 @@ shared throttled Authenticator. One Listener serves port 25 (smtp), submission w
 STARTTLS (587) or with implicit TLS (465, RFC 8314). Anything unexpected is logged and
 answered 421 4.3.0; the worker never dies of one session.
 
-Imports: asyncio, relay.glue, relay.smtp.{machine,events,policy,replies}, relay.intake,
+Imports: asyncio, relay.glue, relay.smtp.{machine,events,policy,replies,settings}, relay.intake,
 relay.auth.login (the Authenticator every protocol shares), relay.metrics.
 """
 
@@ -32,8 +32,9 @@ from relay.smtp.events import (
     Signal,
     StartTls,
 )
-from relay.smtp.machine import ServerMachine, SmtpSettings, State
+from relay.smtp.machine import ServerMachine
 from relay.smtp.policy import Peer, RecipientPolicy, check_sender, is_trusted
+from relay.smtp.settings import SmtpSettings, State
 
 log = logging.getLogger("relay.smtp")
 _ids = itertools.count(1)

@@ -15,11 +15,9 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from relay.delivery.client import (
-    MAX_REPLY_LINE,
+from relay.delivery.client import ClientMachine, ClientMisuse
+from relay.delivery.events import (
     ClientEvent,
-    ClientMachine,
-    ClientMisuse,
     ClientState,
     Closed,
     Failed,
@@ -29,10 +27,12 @@ from relay.delivery.client import (
     TransactionDone,
 )
 from relay._fast import dot_stuff
+from relay.delivery.replies import MAX_REPLY_LINE
 from relay.queue.model import Outcome
 from relay.smtp import events as server_events
 from relay.smtp import replies as R
-from relay.smtp.machine import ServerMachine, SmtpSettings
+from relay.smtp.machine import ServerMachine
+from relay.smtp.settings import SmtpSettings
 
 HELO = "client.example"
 MX = "mx.example.net"

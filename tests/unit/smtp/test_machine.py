@@ -27,7 +27,8 @@ from relay.smtp.events import (
     StartTls,
 )
 from relay.smtp.grammar import Mailbox
-from relay.smtp.machine import MAX_AUTH_LINE, MAX_ERRORS, ServerMachine, SmtpSettings
+from relay.smtp.machine import ServerMachine
+from relay.smtp.settings import MAX_AUTH_LINE, MAX_ERRORS, SmtpSettings
 
 HOST = "mx.test"
 MAX_SIZE = 1000

@@ -7,6 +7,7 @@ import re
 import pytest
 
 from relay._fast.spec import FailureKind
+from relay.auth.sasl import SaslErrorKind
 from relay.smtp import replies as R
 from relay.smtp.replies import Reply
 
@@ -84,6 +85,11 @@ def test_every_failure_kind_is_mapped(kind: FailureKind) -> None:
 
 def test_failure_replies_has_no_stray_keys() -> None:
     assert set(R.FAILURE_REPLIES) == set(FailureKind)
+
+
+def test_every_sasl_error_kind_has_a_reply_from_the_table() -> None:
+    assert set(R.SASL_FAILURE_REPLIES) == set(SaslErrorKind)
+    assert set(R.SASL_FAILURE_REPLIES.values()) <= set(CONSTANTS.values())
 
 
 def test_single_line_encoding() -> None:
