@@ -3,7 +3,7 @@
 Drives only the public API of each twin with realistic bytes (DESIGN.md §8):
 DataReader over a dot-stuffed 10 KB and 100 KB message fed in 64 KB chunks,
 scan_headers over that message, parse_command over a typical transaction's command
-lines. Reports MB/s (and calls/s) per implementation and the compiled/pure speed-up.
+lines, dot_stuff (outbound DATA octets) over the 10 KB and 100 KB messages. Reports MB/s (and calls/s) per implementation and the compiled/pure speed-up.
 Never asserts timings.
 
     .venv/bin/python -m bench.micro.fast_parsers [--json] [--seconds S]
@@ -21,10 +21,20 @@ from typing import Any, Callable
 if __package__ in (None, ""):  # run as a file: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from relay._fast import cmdline_c, cmdline_py, data_c, data_py, headers_c, headers_py  # noqa: E402
+from relay._fast import (  # noqa: E402
+    cmdline_c,
+    cmdline_py,
+    data_c,
+    data_py,
+    headers_c,
+    headers_py,
+    outbound_c,
+    outbound_py,
+)
 
 CHUNK = 64 * 1024
 IMPLS = {"python": (data_py, cmdline_py, headers_py), "cython": (data_c, cmdline_c, headers_c)}
+OUTBOUND = {"python": outbound_py, "cython": outbound_c}
 
 HEADER = (
     b"Received: from mail.example.org (mail.example.org [192.0.2.25])\r\n"
@@ -139,6 +149,13 @@ def run(seconds: float) -> list[dict]:
         parse = cmdline.parse_command
         row[name] = rate(lambda p=parse: [p(c) for c in COMMANDS], seconds) * len(COMMANDS)
     rows.append(row)
+    for kb in (10, 100):
+        msg = message(kb * 1024)
+        row = {"bench": f"dot_stuff {kb} KB", "octets": len(msg), "unit": "MB/s"}
+        for name, outbound in OUTBOUND.items():
+            assert outbound.dot_stuff(msg) == stuff(msg), outbound.__name__
+            row[name] = rate(lambda o=outbound: o.dot_stuff(msg), seconds) * len(msg) / 1e6
+        rows.append(row)
     for row in rows:
         row["speedup"] = row["cython"] / row["python"]
     return rows
