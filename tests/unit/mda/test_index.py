@@ -470,28 +470,32 @@ class CountingEnv:
         return getattr(self.env, name)
 
 
-def test_flag_changes_are_not_flushed_but_keywords_and_uids_are(
-        delivery: MaildirStore, index: MailboxIndex, root: Path) -> None:
+@pytest.fixture
+def counting(delivery: MaildirStore, index: MailboxIndex, root: Path) -> Iterator[CountingEnv]:
+    """One delivered, indexed message; the index's flushes counted from here on."""
     if index_module.boot_id() is None:
         pytest.skip("no boot id: every commit is synced")
     delivery.deliver(ADDRESS, b"a")
     index.refresh(INBOX_KEY, root)
-    counting = CountingEnv(index.env)
-    index.env = counting  # type: ignore[assignment]
-    try:
-        [e] = entries(index)
-        with index.writing() as w:
-            e = w.update(INBOX_KEY, e, maildir.with_flags(e.filename, {"\\Seen"}), {"\\Seen"})
-        assert counting.syncs == 0
-        assert (root / INDEX_DIR / index_module.UNSYNCED_MARKER).exists()
-        with index.writing() as w:
-            w.update(INBOX_KEY, e, e.filename, {"\\Seen", "$Work"})
-        assert counting.syncs == 1
-        with index.writing() as w:
-            w.add(INBOX_KEY, "x:2,", (), 1, 0.0)
-        assert counting.syncs == 2
-    finally:
-        index.env = counting.env
+    env = CountingEnv(index.env)
+    index.env = env  # type: ignore[assignment]
+    yield env
+    index.env = env.env
+
+
+def test_flag_changes_are_not_flushed_but_keywords_and_uids_are(
+        counting: CountingEnv, index: MailboxIndex, root: Path) -> None:
+    [e] = entries(index)
+    with index.writing() as w:
+        e = w.update(INBOX_KEY, e, maildir.with_flags(e.filename, {"\\Seen"}), {"\\Seen"})
+    assert counting.syncs == 0
+    assert (root / INDEX_DIR / index_module.UNSYNCED_MARKER).exists()
+    with index.writing() as w:
+        w.update(INBOX_KEY, e, e.filename, {"\\Seen", "$Work"})
+    assert counting.syncs == 1
+    with index.writing() as w:
+        w.add(INBOX_KEY, "x:2,", (), 1, 0.0)
+    assert counting.syncs == 2
 
 
 def test_the_marker_goes_once_the_index_is_quiet(
@@ -619,17 +623,7 @@ def test_a_schema_2_index_is_upgraded_with_nothing_recent(delivery: MaildirStore
         again.release()
 
 
-def test_a_claim_is_not_flushed(delivery: MaildirStore, index: MailboxIndex,
-                                root: Path) -> None:
-    if index_module.boot_id() is None:
-        pytest.skip("no boot id: every commit is synced")
-    delivery.deliver(ADDRESS, b"a")
-    index.refresh(INBOX_KEY, root)
-    counting = CountingEnv(index.env)
-    index.env = counting  # type: ignore[assignment]
-    try:
-        with index.writing() as w:
-            assert w.claim_recent(INBOX_KEY, 2) == (1, 2)
-        assert counting.syncs == 0  # lost in a crash, it only makes the message recent again
-    finally:
-        index.env = counting.env
+def test_a_claim_is_not_flushed(counting: CountingEnv, index: MailboxIndex) -> None:
+    with index.writing() as w:
+        assert w.claim_recent(INBOX_KEY, 2) == (1, 2)
+    assert counting.syncs == 0  # lost in a crash, it only makes the message recent again
