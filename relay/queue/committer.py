@@ -12,7 +12,10 @@ A future resolves only after the commit returned, which is what makes "250 means
 disk" true. If the batch does not fit (QueueFull), each message is retried alone so
 that one huge message cannot refuse its neighbours; those that still fail get
 QueueFull. Other writes (delivery outcomes, removals, bounces) ride in the same batches
-through `run()`, so delivering does not add an fsync per message either. What would break this: resolving futures before commit, or writing from
+through `run()`, so delivering does not add an fsync per message either: no client waits
+for them, so they wait up to LAZY_WINDOW for a new message's commit to share (with one
+client sending, its next message's 250 would otherwise queue behind the last one's
+delivery record). What would break this: resolving futures before commit, or writing from
 the loop thread (an fsync would stall every session of the worker).
 
 Imports: stdlib, relay.queue.{model,store}, relay.metrics.
@@ -35,13 +38,20 @@ _Op = Callable[[Any], Any]  # op(txn) -> result, run inside the batch's write tr
 _Item = tuple[_Op, "asyncio.Future[Any]", bool]  # (op, future, counts as a new message)
 
 
+# How long a background write (run()) may wait for a new message to share its commit.
+LAZY_WINDOW = 0.005
+
+
 class GroupCommitter:
     def __init__(self, store: QueueStore, loop: asyncio.AbstractEventLoop,
-                 delay: float = 0.0) -> None:
+                 delay: float = 0.0, lazy_window: float = LAZY_WINDOW) -> None:
         self.store = store
         self.loop = loop
         self.delay = delay
+        self.lazy_window = lazy_window
         self._pending: list[_Item] = []
+        self._urgent = 0  # new messages among _pending: a client waits for each
+        self._lazy_since = 0.0  # when the oldest pending background write came
         self._cond = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
@@ -52,7 +62,9 @@ class GroupCommitter:
         return self._add(functools.partial(self.store.op_put_new, env=env, body=body), True)
 
     def run(self, op: _Op) -> asyncio.Future[Any]:
-        """Run op(txn) in the next batch (delivery outcomes, bounces); resolves with its result."""
+        """Run op(txn) in a batch within `lazy_window` (delivery outcomes, bounces): no
+        client waits for these, so they ride in the next new message's commit when one
+        comes soon; resolves with its result once durable."""
         return self._add(op, False)
 
     def _add(self, op: _Op, new: bool) -> asyncio.Future[Any]:
@@ -60,8 +72,13 @@ class GroupCommitter:
         with self._cond:
             if self._stopping:
                 raise RuntimeError("committer stopped")
+            if new:
+                self._urgent += 1
+                self._cond.notify()
+            elif not self._pending:
+                self._lazy_since = time.monotonic()
+                self._cond.notify()  # start the window
             self._pending.append((op, fut, new))
-            self._cond.notify()
         return fut
 
     def stop(self) -> None:
@@ -74,19 +91,33 @@ class GroupCommitter:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._pending and not self._stopping:
-                    self._cond.wait()
+                self._wait_for_work()
                 if not self._pending and self._stopping:
                     return
             if self.delay:
                 time.sleep(self.delay)
             with self._cond:
                 batch, self._pending = self._pending, []
+                self._urgent = 0
             started = time.perf_counter()
             results = self._commit(batch)
             took = time.perf_counter() - started
             self.loop.call_soon_threadsafe(_resolve, results, took,
                                            sum(1 for _, _, new in batch if new))
+
+    def _wait_for_work(self) -> None:
+        """Return (holding the lock) when a new message is pending, the oldest background
+        write has waited `lazy_window`, or the committer stops."""
+        while not self._stopping:
+            if self._urgent:
+                return
+            if not self._pending:
+                self._cond.wait()
+                continue
+            left = self._lazy_since + self.lazy_window - time.monotonic()
+            if left <= 0:
+                return
+            self._cond.wait(left)
 
     def _commit(self, batch: list[_Item]) -> list[_Result]:
         try:

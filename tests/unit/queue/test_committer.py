@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -215,5 +216,63 @@ def test_cancelled_future_does_not_break_the_batch(tmp_path: Path, run_async: Ru
     try:
         run_async(main)
         assert store.get("KEPT") is not None
+    finally:
+        store.close()
+
+
+def test_a_background_write_waits_to_share_the_next_messages_commit(
+        tmp_path: Path, run_async: Runner) -> None:
+    store = CountingStore(tmp_path / "q", map_size=MiB)
+
+    async def main() -> tuple[object, object]:
+        committer = GroupCommitter(store, asyncio.get_running_loop(), lazy_window=5.0)
+        try:
+            outcome = committer.run(lambda txn: "recorded")
+            await asyncio.sleep(0.05)
+            assert not outcome.done()  # no client waits for it: it waits for company
+            new = committer.submit(envelope("NEXT"), b"x")
+            return await asyncio.wait_for(asyncio.gather(outcome, new), 2.0)
+        finally:
+            committer.stop()
+
+    try:
+        assert run_async(main) == ["recorded", None]
+        assert store.calls == [2]  # one commit for both
+    finally:
+        store.close()
+
+
+def test_a_background_write_alone_is_committed_after_the_window(
+        tmp_path: Path, run_async: Runner) -> None:
+    store = CountingStore(tmp_path / "q", map_size=MiB)
+
+    async def main() -> float:
+        committer = GroupCommitter(store, asyncio.get_running_loop(), lazy_window=0.2)
+        try:
+            started = time.monotonic()
+            assert await asyncio.wait_for(committer.run(lambda txn: 7), 2.0) == 7
+            return time.monotonic() - started
+        finally:
+            committer.stop()
+
+    try:
+        took = run_async(main)
+        assert 0.15 <= took < 1.5 and store.calls == [1]
+    finally:
+        store.close()
+
+
+def test_stop_does_not_wait_out_the_window(tmp_path: Path, run_async: Runner) -> None:
+    store = CountingStore(tmp_path / "q", map_size=MiB)
+
+    async def main() -> float:
+        committer = GroupCommitter(store, asyncio.get_running_loop(), lazy_window=30.0)
+        committer.run(lambda txn: None)
+        started = time.monotonic()
+        committer.stop()
+        return time.monotonic() - started
+
+    try:
+        assert run_async(main) < 5.0 and store.calls == [1]
     finally:
         store.close()
