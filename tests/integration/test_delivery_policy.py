@@ -186,3 +186,71 @@ def test_a_receiver_that_never_greets_times_out_and_defers(tmp_path: Path,
         for conn in held:
             conn.close()
         silent.close()
+
+
+def test_no_reply_to_the_final_dot_defers_and_never_loses_the_message(
+        tmp_path: Path, sink_port: int) -> None:
+    """RFC 5321 §4.5.3.2.6 / §6.1: the receiver may or may not have the message; the
+    relay keeps it and tries again (a possible duplicate, never a loss)."""
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.3", sink_port))
+    listener.listen(8)
+    listener.settimeout(0.2)
+    stop = threading.Event()
+    got_dot = threading.Event()
+    held: list[socket.socket] = []
+
+    def serve(conn: socket.socket) -> None:
+        conn.settimeout(0.2)
+        conn.sendall(b"220 mute ESMTP\r\n")
+        buf, in_data = b"", False
+        while not stop.is_set():
+            try:
+                chunk = conn.recv(65536)
+            except OSError:
+                continue
+            if not chunk:
+                return
+            buf += chunk
+            while not in_data and b"\r\n" in buf:
+                line, buf = buf.split(b"\r\n", 1)
+                verb = line[:4].upper()
+                if verb == b"DATA":
+                    conn.sendall(b"354 go ahead\r\n")
+                    in_data = True
+                elif verb in (b"EHLO", b"HELO", b"MAIL", b"RCPT", b"RSET", b"NOOP"):
+                    conn.sendall(b"250 ok\r\n")
+                else:
+                    conn.sendall(b"500 what\r\n")
+            if in_data and b"\r\n.\r\n" in buf:
+                got_dot.set()  # ... and never answer it
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn = listener.accept()[0]
+            except OSError:
+                continue
+            held.append(conn)
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    relay = smarthost_relay(tmp_path, sink_port, data_timeout="1s", retry_schedule=["1h"])
+    try:
+        with relay:
+            send(relay, "alice@example.test", ["mute@far.test"], "no final reply")
+            assert got_dot.wait(20)  # the whole message went out
+            e = wait_for(lambda: (x := entry(relay, "mute@far.test")) and x["attempts"] and x, 30)
+            assert e["state"] == "deferred"
+            assert "timed out" in str(e["last_error"])
+            assert not dsns_for(relay, "alice@example.test", "no final reply")  # not bounced
+    finally:
+        stop.set()
+        thread.join()
+        for conn in held:
+            conn.close()
+        listener.close()
