@@ -12,6 +12,7 @@ import asyncio
 import logging
 import signal
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -137,7 +138,7 @@ async def _serve(config: Config, index: int) -> None:
     metrics.BUILD_INFO.labels(version=_version(), parser=_fast.IMPLEMENTATION).set(1)
 
     def queue_counts() -> dict[str, int]:
-        return dict(store.count_by_state())
+        return store.state_counts(time.time())
 
     mail = MailStore(data / "mail")
     servers = []

@@ -85,7 +85,25 @@ def test_update_replaces_the_envelope_and_keeps_the_body(queue_store: QueueStore
     env.attempts = 2
     queue_store.update(env)
     assert queue_store.get("U") == (env, b"body")
-    assert queue_store.count_by_state() == {"hold": 1}
+    assert queue_store.state_counts(now=1e9) == {"active": 0, "deferred": 0, "hold": 1}
+
+
+def test_state_counts_read_the_schedule_not_the_envelopes(queue_store: QueueStore) -> None:
+    now = 1_000_000.0
+    due = [envelope(f"NEW{i}") for i in range(2)]  # next_attempt 0: due
+    waiting = envelope("LATER")
+    waiting.state, waiting.next_attempt = MessageState.DEFERRED, now + 60
+    retry_due = envelope("RETRY")
+    retry_due.state, retry_due.next_attempt = MessageState.DEFERRED, now - 1
+    held = envelope("HELD")
+    held.state = MessageState.HOLD
+    queue_store.enqueue([(e, b"x") for e in [*due, waiting, retry_due, held]])
+    # A deferred message whose retry time has come is active again (Postfix's qmgr moves
+    # it to the active queue); one still waiting is deferred; a held one is neither.
+    assert queue_store.state_counts(now) == {"active": 3, "deferred": 1, "hold": 1}
+    assert queue_store.state_counts(now + 61) == {"active": 4, "deferred": 0, "hold": 1}
+    queue_store.delete("LATER")
+    assert queue_store.state_counts(now) == {"active": 3, "deferred": 0, "hold": 1}
 
 
 def test_duplicate_id_is_refused_and_original_kept(queue_store: QueueStore) -> None:
