@@ -107,9 +107,11 @@ class OutboundPool:
         if not conns:
             return
         deadline = self._loop.time() - self.cache_time
-        keep = [(conn, since) for conn, since in conns if since > deadline]
+        keep = []
         for conn, since in conns:
-            if since <= deadline:
+            if since > deadline:
+                keep.append((conn, since))
+            else:
                 self._loop.create_task(conn.close())
         conns[:] = keep
         if keep:

@@ -196,7 +196,7 @@ class DeliveryScheduler:
     async def _scan(self) -> bool:
         """Start what is due; True when it started something and was cut at SCAN_LIMIT
         (more may be due: scanning again soon makes progress, never a busy loop)."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         due = await loop.run_in_executor(None, self.store.due, self.clock(), SCAN_LIMIT)
         mine = [q for q in due if q not in self._in_flight and self.owns(q)]
         started = 0

@@ -180,14 +180,8 @@ class QueueStore:
         yield from items
 
     def get(self, queue_id: str) -> tuple[Envelope, bytes] | None:
-        if not self._dbs:
-            return None
-        with self._resize_lock, self._read() as txn:
-            raw = txn.get(queue_id.encode(), db=self._dbs[b"env"])
-            if raw is None:
-                return None
-            body = txn.get(queue_id.encode(), db=self._dbs[b"body"]) or b""
-            return schema.decode_envelope(raw), bytes(body)
+        found = self.get_many([queue_id])
+        return found[0] if found else None
 
     def get_many(self, queue_ids: list[str]) -> list[tuple[Envelope, bytes]]:
         """The (envelope, body) of each id still queued, in order, read in one transaction."""
